@@ -1,0 +1,1 @@
+"""The OpenAI-compatible embedding server (`eft serve`)."""

@@ -1,0 +1,505 @@
+"""The one model of an EmbeddingFinetune spec.
+
+The local runner, every stage, the operator and the CRD schema (crds/) are all driven by the
+classes in this module; field defaults are the recipe's defaults. Field names are camelCase on the
+wire (YAML, the Kubernetes API) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "eft.ai"
+API_VERSION = "v1alpha1"
+KIND = "EmbeddingFinetune"
+PLURAL = "embeddingfinetunes"
+
+STAGES: tuple[str, ...] = ("ingest", "sdg", "prepare", "train", "evaluate", "export")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecModel(BaseModel):
+    """Base for every spec block: camelCase aliases, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        frozen=False,
+    )
+
+
+class SecretKeyRef(SpecModel):
+    name: str = Field(min_length=1, description="Name of a Secret in the resource's namespace.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class BaseModelSpec(SpecModel):
+    name: str = Field(
+        default="bundled",
+        min_length=1,
+        description="'bundled' (all-MiniLM-L6-v2 shipped with eft, no network), a Hugging Face model id, "
+        "or a path to a sentence-transformers / Hugging Face model folder.",
+    )
+    revision: str | None = Field(default=None, description="Hugging Face revision (branch, tag or commit).")
+    query_prefix: str = Field(default="", description="Text prepended to every query, e.g. 'query: '.")
+    passage_prefix: str = Field(default="", description="Text prepended to every passage, e.g. 'passage: '.")
+    max_seq_length: int = Field(default=256, ge=16, le=8192, description="Maximum tokens per text.")
+    pooling: Literal["mean", "cls", "lasttoken"] = Field(default="mean", description="Token pooling.")
+    hf_token_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret holding a Hugging Face token (cluster only), exported as HF_TOKEN."
+    )
+    existing_claim: str | None = Field(
+        default=None,
+        description="PVC holding the model (cluster only); `name` is then a path inside that claim.",
+    )
+
+
+class ChunkingSpec(SpecModel):
+    max_tokens: int = Field(default=256, ge=16, le=8192, description="Maximum base-model tokens per chunk.")
+    overlap_tokens: int = Field(default=32, ge=0, le=4096, description="Tokens shared by consecutive chunks.")
+    min_tokens: int = Field(default=8, ge=1, le=1024, description="Chunks shorter than this are dropped.")
+
+    @model_validator(mode="after")
+    def _overlap_below_max(self) -> ChunkingSpec:
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError(
+                f"overlapTokens ({self.overlap_tokens}) must be smaller than maxTokens ({self.max_tokens})"
+            )
+        return self
+
+
+class CorpusSpec(SpecModel):
+    path: str = Field(
+        default="builtin:kubernetes-api",
+        min_length=1,
+        description="Local folder, object-store or HTTP URL (s3://, gs://, https://, read through fsspec), "
+        "a path inside `existingClaim`, or 'builtin:kubernetes-api' (the sample corpus generated from the "
+        "Kubernetes API field documentation that the kubernetes Python client carries).",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: ["**/*.md", "**/*.txt", "**/*.rst", "**/*.html", "**/*.json", "**/*.jsonl"],
+        description="Glob patterns of files to read, relative to `path`.",
+    )
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
+    existing_claim: str | None = Field(
+        default=None, description="PVC holding the corpus (cluster only), mounted read-only into the ingest pod."
+    )
+    config_map: str | None = Field(
+        default=None, description="ConfigMap whose keys are the corpus files (cluster only, small corpora)."
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret whose keys become environment variables of the ingest pod (e.g. AWS_ACCESS_KEY_ID).",
+    )
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorpusSpec:
+        if self.existing_claim and self.config_map:
+            raise ValueError("set at most one of existingClaim and configMap")
+        return self
+
+
+class OpenAISpec(SpecModel):
+    base_url: str = Field(
+        default="http://localhost:8000/v1",
+        pattern=r"^https?://",
+        description="Base URL of an OpenAI-compatible API (NIM, vLLM, OpenAI), ending in /v1.",
+    )
+    model: str = Field(default="meta/llama-3.1-8b-instruct", min_length=1, description="Chat model name.")
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", min_length=1, description="Environment variable holding the API key."
+    )
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret exported as `apiKeyEnv` into the SDG pod (cluster only)."
+    )
+    concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Rate limit; unset = unlimited.")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Per-request timeout.")
+    max_retries: int = Field(default=5, ge=0, le=20, description="Retries per request (429, 5xx, timeouts, bad JSON).")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    json_mode: bool = Field(default=True, description="Ask for response_format=json_object.")
+
+
+class SDGSpec(SpecModel):
+    backend: Literal["openai", "offline"] = Field(
+        default="offline",
+        description="'openai': an LLM writes and judges questions (the production path). 'offline': "
+        "pseudo-queries cut from the chunks themselves, no LLM; lower quality, lets the pipeline run anywhere.",
+    )
+    openai: OpenAISpec | None = Field(default=None, description="Required when backend is 'openai'.")
+    questions_per_chunk: int = Field(default=3, ge=1, le=20)
+    max_hops: int = Field(default=3, ge=1, le=3, description="Questions use 1..maxHops chunks.")
+    min_quality_score: float = Field(default=7, ge=1, le=10, description="Judge score (1-10) a pair needs to stay.")
+    dedup_threshold: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="Questions at or above this cosine to a kept one are dropped."
+    )
+    max_chunks: int | None = Field(default=None, ge=1, description="Use at most this many chunks (cost cap).")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _openai_needs_block(self) -> SDGSpec:
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs the sdg.openai block (at least baseURL and model)")
+        return self
+
+
+class SplitSpec(SpecModel):
+    validation: float = Field(default=0.05, ge=0.0, lt=1.0, description="Fraction of questions for validation.")
+    test: float = Field(default=0.1, gt=0.0, lt=1.0, description="Fraction of questions for the test split.")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> SplitSpec:
+        if self.validation + self.test >= 0.9:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves too little for training (must be < 0.9)"
+            )
+        return self
+
+
+class MiningSpec(SpecModel):
+    negatives: int = Field(default=4, ge=0, le=64, description="Hard negatives kept per question.")
+    margin: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="Candidates scoring above min_positive - |min_positive|*(1-margin) are dropped as likely "
+        "false negatives.",
+    )
+    candidates: int = Field(default=50, ge=1, le=1000, description="Nearest passages examined per question.")
+    fewer_than_negatives: Literal["keep", "pad-random", "drop"] = Field(
+        default="pad-random",
+        description="Questions with fewer safe hard negatives: keep as is, pad with random passages, or drop.",
+    )
+
+    @model_validator(mode="after")
+    def _enough_candidates(self) -> MiningSpec:
+        if self.candidates < self.negatives:
+            raise ValueError(f"candidates ({self.candidates}) must be >= negatives ({self.negatives})")
+        return self
+
+
+class TrainingSpec(SpecModel):
+    epochs: int = Field(default=3, ge=1, le=100)
+    learning_rate: float = Field(default=1.0e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(default=0.05, ge=0.0, le=0.5)
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+    temperature: float = Field(default=0.02, gt=0.0, le=1.0, description="Softmax temperature (logit scale 1/T).")
+    negatives: int | None = Field(
+        default=None, ge=0, le=64, description="Hard negatives per query in training; default: mining.negatives."
+    )
+    in_batch_negatives: bool = Field(default=True, description="Also contrast against other queries' passages.")
+    batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Queries per optimizer step per device, or 'auto' (largest that fits)."
+    )
+    gradient_accumulation: int = Field(default=1, ge=1, le=1024)
+    gradient_checkpointing: bool = False
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (for smoke runs).")
+    seed: int = 42
+    nodes: int = Field(default=1, ge=1, le=64, description="Pods for distributed training (cluster only).")
+    gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per training pod (cluster only).")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 2:
+            raise ValueError("batchSize must be 'auto' or an integer >= 2")
+        return v
+
+
+class GateSpec(SpecModel):
+    metric: str = Field(
+        default="ndcg@10",
+        pattern=r"^(ndcg|recall|map|precision)@[0-9]+$",
+        description="Metric the tuned model must not lose on, e.g. ndcg@10.",
+    )
+    min_relative_improvement: float = Field(
+        default=0.0, ge=-1.0, le=10.0, description="Required (tuned - base) / base; 0 = must not be worse."
+    )
+    override: bool = Field(default=False, description="Ship even when the gate fails (recorded in status).")
+
+
+class EvalDatasetSpec(SpecModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    path: str = Field(min_length=1, description="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")
+    split: str = Field(default="test", min_length=1)
+
+
+class EvaluationSpec(SpecModel):
+    k: list[int] = Field(default_factory=lambda: [1, 5, 10, 100], min_length=1, description="Cut-offs.")
+    gate: GateSpec = Field(default_factory=GateSpec)
+    datasets: list[EvalDatasetSpec] = Field(
+        default_factory=list, description="Extra human-labelled BEIR datasets to evaluate on."
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _valid_k(cls, v: list[int]) -> list[int]:
+        if any(x < 1 or x > 1000 for x in v):
+            raise ValueError("every k must be between 1 and 1000")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _gate_k_measured(self) -> EvaluationSpec:
+        k = int(self.gate.metric.split("@")[1])
+        if k not in self.k:
+            raise ValueError(f"gate metric {self.gate.metric} uses k={k}, which is not in k {self.k}")
+        return self
+
+
+class OnnxSpec(SpecModel):
+    enabled: bool = True
+    opset: int = Field(default=17, ge=17, le=23)
+    int8: bool = Field(default=True, description="Also export an int8 dynamically quantized variant (CPU).")
+    fp16: bool = Field(default=False, description="Also export an fp16 variant (GPU).")
+    max_quality_loss: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="A variant losing more relative nDCG@10 than this is rejected."
+    )
+
+
+class TensorRTSpec(SpecModel):
+    enabled: bool = False
+    fp8: bool = False
+    max_batch: int = Field(default=64, ge=1, le=4096)
+
+
+class ExportSpec(SpecModel):
+    onnx: OnnxSpec = Field(default_factory=OnnxSpec)
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+
+
+class ServingSpec(SpecModel):
+    enabled: bool = True
+    model_name: str | None = Field(default=None, description="Name served at /v1/models; default <name>-embed.")
+    replicas: int = Field(default=1, ge=0, le=100)
+    port: int = Field(default=8000, ge=1, le=65535)
+    backend: Literal["onnx", "torch"] = "onnx"
+    variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        default="auto", description="ONNX variant: auto = int8 on CPU, fp16 on GPU when exported, else fp32."
+    )
+    gpus: int = Field(default=0, ge=0, le=16)
+    image: str | None = Field(default=None, description="Serving image; default from the operator's settings.")
+    command: list[str] | None = Field(default=None, description="Replace the container command (e.g. NIM, TEI).")
+    args: list[str] | None = Field(default=None, description="Replace the container args.")
+    env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env (Kubernetes EnvVar).")
+    resources: dict[str, Any] = Field(default_factory=dict, description="Container resources (Kubernetes).")
+    health_path: str = Field(default="/health/ready", description="Readiness probe path.")
+
+
+class WorkspaceSpec(SpecModel):
+    size: str = Field(default="20Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    storage_class_name: str | None = None
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+    )
+    existing_claim: str | None = Field(default=None, description="Use this PVC instead of creating one.")
+    retention_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain", description="What happens to a created PVC when the resource is deleted."
+    )
+
+
+class StagePodSpec(SpecModel):
+    image: str | None = None
+    resources: dict[str, Any] = Field(default_factory=dict, description="Container resources (Kubernetes).")
+    gpus: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu for this stage.")
+    backoff_limit: int | None = Field(default=None, ge=0, le=20)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+
+
+class SchedulingSpec(SpecModel):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    backoff_limit: int = Field(default=2, ge=0, le=20)
+    stages: dict[Literal["ingest", "sdg", "prepare", "train", "evaluate", "export"], StagePodSpec] = Field(
+        default_factory=dict, description="Per-stage image, resources and GPUs."
+    )
+
+
+class EmbeddingFinetuneSpec(SpecModel):
+    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    corpus: CorpusSpec = Field(default_factory=CorpusSpec)
+    sdg: SDGSpec = Field(default_factory=SDGSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    mining: MiningSpec = Field(default_factory=MiningSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    queue_name: str | None = Field(default=None, description="Kueue LocalQueue; set as a label on every Job.")
+    suspend: bool = Field(default=False, description="Pause between stages.")
+
+    def training_negatives(self) -> int:
+        return self.mining.negatives if self.training.negatives is None else self.training.negatives
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(default="eft", min_length=1, max_length=63)
+    namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError("metadata.name must be a DNS label: lowercase letters, digits and '-'")
+        return v
+
+
+class EmbeddingFinetune(BaseModel):
+    """A whole custom resource (apiVersion/kind/metadata/spec)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: str = Field(default=f"{API_GROUP}/{API_VERSION}", alias="apiVersion")
+    kind: Literal["EmbeddingFinetune"] = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: EmbeddingFinetuneSpec = Field(default_factory=EmbeddingFinetuneSpec)
+    status: dict[str, Any] | None = None
+
+    @field_validator("api_version")
+    @classmethod
+    def _our_group(cls, v: str) -> str:
+        if v != f"{API_GROUP}/{API_VERSION}":
+            raise ValueError(f"apiVersion must be {API_GROUP}/{API_VERSION}")
+        return v
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def served_model_name(self) -> str:
+        return self.spec.serving.model_name or f"{self.metadata.name}-embed"
+
+
+class SpecError(Exception):
+    """A spec file that cannot be used; `problems` holds one line per error, with its field path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "tagged-union") or str(item).startswith(("function-", "literal[")):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """One readable line per error: field path, message, and the allowed values where pydantic knows them."""
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in ("int", "str", "constrained-str")))
+        path = _field_path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path != "<root>" else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see `eft crd` or `kubectl explain embeddingfinetune.spec` for the allowed fields)"
+        ctx = e.get("ctx") or {}
+        if e["type"] == "literal_error" and "expected" in ctx:
+            msg = f"must be one of {ctx['expected']} (got {e.get('input')!r})"
+        lines.append(f"{path}: {msg}")
+    # `batchSize: 0` yields one error per union member; keep the output one line per distinct message.
+    return list(dict.fromkeys(lines))
+
+
+def parse_document(doc: Any, source: str = "<spec>") -> EmbeddingFinetune:
+    """Accept a whole manifest (apiVersion/kind/metadata/spec) or a bare spec mapping."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise SpecError(source, [f"<root>: expected a mapping, got {type(doc).__name__}"])
+    is_manifest = any(k in doc for k in ("apiVersion", "kind", "metadata", "spec"))
+    try:
+        if is_manifest:
+            return EmbeddingFinetune.model_validate(doc)
+        return EmbeddingFinetune(spec=EmbeddingFinetuneSpec.model_validate(doc))
+    except ValidationError as err:
+        raise SpecError(source, describe_validation_error(err, prefix="" if is_manifest else "spec")) from None
+
+
+def load_spec(path: str | Path) -> EmbeddingFinetune:
+    """Load a spec file; relative local paths inside it are resolved against the file's folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(p), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(p), [f"cannot read file: {exc}"]) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError(str(p), [f"invalid YAML: {exc}"]) from None
+    if len(docs) > 1:
+        raise SpecError(str(p), [f"expected one YAML document, found {len(docs)}"])
+    efr = parse_document(docs[0] if docs else {}, str(p))
+    return resolve_relative_paths(efr, p.resolve().parent)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path and not path.startswith("builtin:")
+
+
+def resolve_relative_paths(efr: EmbeddingFinetune, base: Path) -> EmbeddingFinetune:
+    """Make local relative paths absolute so a spec runs the same from any working directory.
+
+    Paths inside a PVC (existingClaim) or ConfigMap are left alone: they are resolved in the pod.
+    """
+    s = efr.spec
+    if _is_local(s.corpus.path) and not s.corpus.existing_claim and not s.corpus.config_map:
+        if not Path(s.corpus.path).is_absolute():
+            s.corpus.path = str((base / s.corpus.path).resolve())
+    bm = s.base_model.name
+    if not s.base_model.existing_claim and (bm.startswith(("./", "../")) or bm in (".", "..")):
+        s.base_model.name = str((base / bm).resolve())
+    for ds in s.evaluation.datasets:
+        if _is_local(ds.path) and not Path(ds.path).is_absolute():
+            ds.path = str((base / ds.path).resolve())
+    return efr
+
+
+def dump_manifest(efr: EmbeddingFinetune) -> dict[str, Any]:
+    """The resource as the Kubernetes API would store it (camelCase, defaults filled in)."""
+    out = efr.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out.pop("status", None)
+    return out
+
+
+def section_hash(spec: EmbeddingFinetuneSpec, sections: tuple[str, ...]) -> str:
+    """Stable hash of the named spec sections (dotted snake_case paths), for stage fingerprints."""
+    data: dict[str, Any] = {}
+    for sec in sections:
+        obj: Any = spec
+        for part in sec.split("."):
+            obj = getattr(obj, part)
+        data[sec] = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+

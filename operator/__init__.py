@@ -1,0 +1,1 @@
+"""The Kubernetes operator, importable as eft.controller (the stdlib owns the name `operator`)."""

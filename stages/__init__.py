@@ -1,0 +1,1 @@
+"""Pipeline stages; each module exposes run(ctx) -> StageResult (see eft.pipeline)."""

@@ -1,0 +1,7 @@
+"""evaluate stage (in progress)."""
+
+from eft.pipeline import StageContext, StageFailed
+
+
+def run(ctx: StageContext):
+    raise StageFailed("evaluate", "not implemented yet")

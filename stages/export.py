@@ -1,0 +1,7 @@
+"""export stage (in progress)."""
+
+from eft.pipeline import StageContext, StageFailed
+
+
+def run(ctx: StageContext):
+    raise StageFailed("export", "not implemented yet")

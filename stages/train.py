@@ -1,0 +1,7 @@
+"""train stage (in progress)."""
+
+from eft.pipeline import StageContext, StageFailed
+
+
+def run(ctx: StageContext):
+    raise StageFailed("train", "not implemented yet")

@@ -99,7 +99,10 @@ def load_stage_module(name: str):
 def fingerprint(efr: EmbeddingFinetune, ws: Workspace, name: str) -> dict[str, Any]:
     """What a stage's output depends on: its spec sections, its upstream outputs, its external inputs."""
     d = STAGE_DEFS[name]
-    fp: dict[str, Any] = {"spec": section_hash(efr.spec, d.sections), "upstream": {}}
+    from eft import __version__
+
+    # The eft version is part of it: an upgrade may change what a stage writes.
+    fp: dict[str, Any] = {"spec": section_hash(efr.spec, d.sections), "eft": __version__, "upstream": {}}
     for up in d.upstream:
         m = ws.manifest(up)
         fp["upstream"][up] = m.get("outputsDigest") if m else None

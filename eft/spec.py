@@ -114,6 +114,7 @@ class CorpusSpec(SpecModel):
 class OpenAISpec(SpecModel):
     base_url: str = Field(
         default="http://localhost:8000/v1",
+        alias="baseURL",
         pattern=r"^https?://",
         description="Base URL of an OpenAI-compatible API (NIM, vLLM, OpenAI), ending in /v1.",
     )

@@ -1,0 +1,24 @@
+"""Shared fixtures. The real control plane (tests/support/controlplane.py) is a pytest plugin."""
+
+import os
+
+import pytest
+
+pytest_plugins = ["tests.support.controlplane"]
+
+# Tests never reach a model hub: the bundled base model is local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _limit_threads():
+    """Two cores on CI: keep torch from oversubscribing when several libraries spawn pools."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:
+        pass
+    yield

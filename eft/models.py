@@ -50,7 +50,7 @@ def pick_device(prefer: str | None = None) -> str:
 
 def load_sentence_model(spec: BaseModelSpec | None = None, path: str | None = None, device: str | None = None):
     """A SentenceTransformer for the spec's base model (or a model folder), honouring maxSeqLength and pooling."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
 
     spec = spec or BaseModelSpec()
     target = path or resolve_model_path(spec.name)
@@ -66,9 +66,13 @@ def load_sentence_model(spec: BaseModelSpec | None = None, path: str | None = No
         model = SentenceTransformer(target, **kwargs)
     else:
         # A plain Hugging Face encoder folder: build transformer + pooling + normalize ourselves.
-        word = models.Transformer(target, max_seq_length=spec.max_seq_length)
-        pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=_pooling_mode(spec.pooling))
-        model = SentenceTransformer(modules=[word, pool, models.Normalize()], device=device)
+        try:  # sentence-transformers >= 5.2 moved the module classes
+            from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        except ImportError:  # pragma: no cover - older releases
+            from sentence_transformers.models import Normalize, Pooling, Transformer
+        word = Transformer(target, max_seq_length=spec.max_seq_length)
+        pool = Pooling(word.get_word_embedding_dimension(), pooling_mode=_pooling_mode(spec.pooling))
+        model = SentenceTransformer(modules=[word, pool, Normalize()], device=device)
     model.max_seq_length = spec.max_seq_length
     return model
 

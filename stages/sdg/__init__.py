@@ -38,6 +38,7 @@ def run(ctx: StageContext) -> StageResult:
     chunks = read_jsonl(ctx.input("ingest") / "corpus.jsonl")
     chunks = select_chunks(chunks, spec.max_chunks, spec.seed)
     ctx.progress(f"{len(chunks)} chunks, backend {spec.backend}")
+    model = load_sentence_model(ctx.spec.base_model)  # bundling (openai) and deduplication share it
     if spec.backend == "offline":
         from eft.stages.sdg.offline import generate
 
@@ -45,13 +46,12 @@ def run(ctx: StageContext) -> StageResult:
     else:
         from eft.stages.sdg.openai_backend import generate
 
-        questions, stats = generate(ctx, chunks, ctx.work / "journal")
+        questions, stats = generate(ctx, chunks, ctx.work / "journal", embedder=model)
     if not questions:
         raise StageFailed("sdg", f"no questions survived generation and judging ({stats})")
 
     from eft.stages.sdg.dedup import dedup_questions
 
-    model = load_sentence_model(ctx.spec.base_model)
     prefix = ctx.spec.base_model.query_prefix
     emb = model.encode([prefix + q["text"] for q in questions], batch_size=64, normalize_embeddings=True,
                        convert_to_numpy=True, show_progress_bar=False)

@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -131,15 +132,14 @@ def go_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["CGO_ENABLED"] = "0"
     if not env.get("GOPROXY"):
         env["GOPROXY"] = "https://proxy.golang.org,direct"
-    env.setdefault("GONOSUMDB", "")
     env.update(extra or {})
     return env
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], quiet: bool = False) -> str:
     if not quiet:
-        print(f"+ (cd {cwd.relative_to(HERE.parent.parent) if cwd.is_relative_to(HERE.parent.parent) else cwd}"
-              f" && {' '.join(cmd)})", file=sys.stderr, flush=True)
+        where = cwd.relative_to(HERE.parent.parent) if cwd.is_relative_to(HERE.parent.parent) else cwd
+        print(f"+ (cd {where} && {shlex.join(cmd)})", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}")

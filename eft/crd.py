@@ -9,8 +9,8 @@ of :class:`eft.spec.EmbeddingFinetuneSpec` turned into a *structural* OpenAPI v3
 * ``dict[str, Any]`` -> ``x-kubernetes-preserve-unknown-fields`` (Kubernetes types such as resources);
 * ``dict[Literal[...], Model]`` -> one property per key (so ``kubectl explain`` shows each stage);
 * JSON-schema 2020 ``exclusiveMinimum: x`` -> OpenAPI 3.0 ``minimum: x, exclusiveMinimum: true``;
-* defaults: scalar defaults from the model, ``{}`` for every nested block (the API server then fills
-  in the nested defaults, so a stored object shows every effective value), non-empty list defaults;
+* defaults: scalar defaults from the model, the model's whole default for every nested block (so a
+  stored object shows every effective value), non-empty list defaults;
 * descriptions from the model, completed from :data:`DESCRIPTIONS` (``kubectl explain`` shows them);
 * cross-field checks of the model's validators as CEL rules (:data:`RULES`), immutable fields as
   transition rules (``self == oldSelf``).
@@ -113,8 +113,7 @@ RULES: dict[str, list[dict[str, Any]]] = {
     }],
     "corpus.chunking": [{
         "rule": "self.overlapTokens < self.maxTokens",
-        "messageExpression": "'overlapTokens (' + string(self.overlapTokens) + ') must be smaller than "
-                             "maxTokens (' + string(self.maxTokens) + ')'",
+        "message": "overlapTokens must be smaller than maxTokens",
         "fieldPath": ".overlapTokens",
     }],
     "sdg": [{
@@ -125,13 +124,11 @@ RULES: dict[str, list[dict[str, Any]]] = {
     }],
     "split": [{
         "rule": "self.validation + self.test < 0.9",
-        "messageExpression": "'validation + test = ' + string(self.validation + self.test) + "
-                             "' leaves too little for training (must be < 0.9)'",
+        "message": "validation + test leaves too little for training (must be < 0.9)",
     }],
     "mining": [{
         "rule": "self.candidates >= self.negatives",
-        "messageExpression": "'candidates (' + string(self.candidates) + ') must be >= negatives (' + "
-                             "string(self.negatives) + ')'",
+        "message": "candidates must be >= negatives",
         "fieldPath": ".candidates",
     }],
     "training.batchSize": [{
@@ -140,7 +137,7 @@ RULES: dict[str, list[dict[str, Any]]] = {
     }],
     "evaluation": [{
         "rule": "int(self.gate.metric.split('@')[1]) in self.k",
-        "messageExpression": "'gate metric ' + self.gate.metric + ' uses a k that is not in k'",
+        "message": "the gate metric's k (e.g. 10 in ndcg@10) must be one of evaluation.k",
         "fieldPath": ".gate.metric",
     }],
     # Immutable after creation.
@@ -193,9 +190,10 @@ EXTRA_SCHEMA: dict[str, dict[str, Any]] = {
 IMMUTABLE_FIELDS = ("baseModel.name", "baseModel.existingClaim", "workspace.size", "workspace.storageClassName",
                     "workspace.accessModes", "workspace.existingClaim")
 
-DNS_LABEL_RULE = {
-    "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",
-    "message": "metadata.name must be a DNS label: at most 63 lowercase letters, digits and '-'",
+# metadata.name must be a DNS label (eft.spec.ObjectMeta): child names and labels are derived from it.
+METADATA_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
 }
 
 
@@ -281,7 +279,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, default_valu
             # dict[str, Any]: a Kubernetes type (resources, affinity, toleration, env var) kept as is.
             out["x-kubernetes-preserve-unknown-fields"] = True
         if has_default and isinstance(default_value, dict) and default_value and props:
-            out["default"] = {}
+            # The whole default block (not `{}`): the API server checks defaults against the CEL rules
+            # without defaulting them first.
+            out["default"] = copy.deepcopy(default_value)
     elif typ == "array":
         out["type"] = "array"
         out["items"] = _convert(node.get("items", {}), defs, path, None, has_default=False)
@@ -340,7 +340,7 @@ def spec_schema() -> dict[str, Any]:
     """The structural OpenAPI v3 schema of `.spec`."""
     js = EmbeddingFinetuneSpec.model_json_schema(by_alias=True)
     defs = js.pop("$defs", {})
-    defaults = EmbeddingFinetuneSpec().model_dump(mode="json", by_alias=True)
+    defaults = EmbeddingFinetuneSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
     schema = _convert(js, defs, "", defaults, has_default=True)
     schema["default"] = {}
     return _ordered(schema)
@@ -441,11 +441,10 @@ def build_crd() -> dict[str, Any]:
                                           "an object.", "type": "string"},
             "kind": {"description": "Kind is a string value representing the REST resource this object "
                                     "represents.", "type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": copy.deepcopy(METADATA_SCHEMA),
             "spec": spec_schema(),
             "status": status_schema(),
         },
-        "x-kubernetes-validations": [DNS_LABEL_RULE],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

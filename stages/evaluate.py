@@ -1,7 +1,264 @@
-"""evaluate stage (in progress)."""
+"""evaluate stage: the base model against the tuned model (train/model), and the quality gate.
+
+Datasets, each evaluated with exact cosine search over the whole corpus (nothing excluded) and scored
+with beir's EvaluateRetrieval.evaluate (pytrec_eval) at ``evaluation.k``: nDCG, Recall, MAP, P.
+
+- ``test``: the workspace's held-out synthetic split (prepare/beir, qrels/test.tsv).
+- every ``evaluation.datasets`` entry: a BEIR folder with human-written queries and judgements, the
+  honest measure of what fine-tuning did (beir's convention of ignoring a retrieved document whose id
+  equals the query id applies to these, as in published BEIR numbers; not to the synthetic split).
+
+Quality gate (``evaluation.gate``): measured on the FIRST extra dataset when there is one (human
+labels are the measure that matters and are not produced by the pipeline that trained the model),
+otherwise on the synthetic test split. It passes when (tuned - base) / base >= minRelativeImprovement
+(default 0: tuned must not be worse). A failed gate fails the stage unless ``gate.override`` is true;
+metrics.json/md are then left in the stage's work folder (.work/evaluate/) for inspection.
+
+Outputs: metrics.json ({"test": {"base": {...}, "tuned": {...}}, "<dataset>": {...}, "gate": {...}}),
+metrics.md (base vs tuned vs delta per dataset) and metrics.png (bar chart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from eft.pipeline import StageContext, StageFailed
+from eft.workspace import StageResult, read_json, write_json_atomic
+
+log = logging.getLogger("eft.evaluate")
+
+TEST = "test"
+RESERVED = {TEST, "gate"}
 
 
-def run(ctx: StageContext):
-    raise StageFailed("evaluate", "not implemented yet")
+@dataclass
+class EvalSet:
+    name: str
+    description: str
+    data: Any  # eft.metrics.BeirData
+    ignore_identical_ids: bool
+
+
+def _fail(msg: str) -> StageFailed:
+    return StageFailed("evaluate", msg)
+
+
+def load_eval_sets(prepare_dir: Path, datasets) -> list[EvalSet]:
+    from eft import metrics
+
+    sets = []
+    try:
+        data = metrics.load_beir(prepare_dir / "beir", TEST)
+    except metrics.DatasetError as exc:
+        raise _fail(f"synthetic test split: {exc}") from None
+    sets.append(EvalSet(TEST, "synthetic held-out split", data, False))
+    for ds in datasets:
+        if ds.name in RESERVED:
+            raise _fail(f"evaluation.datasets name '{ds.name}' is reserved; choose another name")
+        if "://" in ds.path:
+            raise _fail(f"evaluation dataset '{ds.name}': only local folders are supported, got {ds.path}")
+        try:
+            data = metrics.load_beir(ds.path, ds.split)
+        except metrics.DatasetError as exc:
+            raise _fail(f"evaluation dataset '{ds.name}': {exc}") from None
+        sets.append(EvalSet(ds.name, f"human-labelled, split {ds.split}", data, True))
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise _fail(f"evaluation.datasets names must be unique, got {names}")
+    return sets
+
+
+def evaluate_model(model, sets: list[EvalSet], k_values: list[int], qprefix: str, pprefix: str,
+                   progress=lambda m: None, label: str = "") -> dict[str, dict[str, float]]:
+    """Metrics of one model on every eval set; corpora shared by several sets are embedded once."""
+    from eft import metrics
+
+    cache: dict[str, Any] = {}
+    out = {}
+    for s in sets:
+        ids = list(s.data.corpus)
+        key = hashlib.sha256(json.dumps([[d, metrics.doc_text(s.data.corpus[d])] for d in ids]).encode()).hexdigest()
+        progress(f"{label}: {s.name} ({len(s.data.queries)} queries, {len(ids)} documents)")
+        r = metrics.retrieve(model, s.data, max(k_values), qprefix, pprefix, corpus_emb=cache.get(key))
+        cache[key] = r.corpus_emb
+        out[s.name] = metrics.score(s.data.qrels, r.results, k_values, ignore_identical_ids=s.ignore_identical_ids)
+    return out
+
+
+def compute_gate(results: dict[str, dict[str, dict[str, float]]], dataset: str, gate) -> dict[str, Any]:
+    from eft.metrics import relative_change
+
+    base = results[dataset]["base"][gate.metric]
+    tuned = results[dataset]["tuned"][gate.metric]
+    rel = relative_change(base, tuned)
+    passed = rel >= gate.min_relative_improvement - 1e-12
+    status = "passed" if passed else ("overridden" if gate.override else "failed")
+    return {
+        "dataset": dataset,
+        "metric": gate.metric,
+        "base": base,
+        "tuned": tuned,
+        "relativeChange": None if math.isinf(rel) else round(rel, 6),
+        "required": gate.min_relative_improvement,
+        "passed": passed,
+        "override": gate.override,
+        "status": status,
+    }
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:+.1f}%"
+
+
+def gate_line(g: dict[str, Any]) -> str:
+    op = "<" if g["tuned"] < g["base"] else ("=" if g["tuned"] == g["base"] else ">")
+    return (f"{g['metric']} on {g['dataset']}: tuned {g['tuned']:.3f} {op} base {g['base']:.3f} "
+            f"({_pct(g['relativeChange'])}, required >= {_pct(g['required'])})")
+
+
+def gate_failure_message(g: dict[str, Any]) -> str:
+    return (f"quality gate failed: {gate_line(g)}; set evaluation.gate.override: true to ship anyway "
+            "(metrics in .work/evaluate/metrics.md)")
+
+
+def dataset_names(m: dict[str, Any]) -> list[str]:
+    """The dataset entries of metrics.json (every key but 'gate' and 'datasets'): the synthetic test split
+    first, then the others by name (metrics.json is written with sorted keys; this keeps one order)."""
+    names = sorted(n for n, v in m.items() if n not in ("gate", "datasets") and isinstance(v, dict) and "base" in v)
+    return sorted(names, key=lambda n: n != TEST)
+
+
+def render_markdown(m: dict[str, Any]) -> str:
+    from eft.metrics import order_metrics, relative_change
+
+    lines = []
+    info = m.get("datasets", {})
+    for name in dataset_names(m):
+        res = m[name]
+        d = info.get(name, {})
+        desc = f" ({d.get('description')}: {d.get('queries')} queries, {d.get('documents')} documents)" if d else ""
+        lines += [f"### {name}{desc}", "", "| metric | base | tuned | delta |", "|---|---:|---:|---:|"]
+        for metric, b in order_metrics(res["base"]).items():
+            t = res["tuned"].get(metric)
+            if t is None:
+                continue
+            rel = relative_change(b, t)
+            lines.append(f"| {metric} | {b:.4f} | {t:.4f} | {'n/a' if math.isinf(rel) else f'{rel * 100:+.1f}%'} |")
+        lines.append("")
+    g = m.get("gate")
+    if g:
+        extra = " (override: shipped anyway)" if g["status"] == "overridden" else ""
+        lines.append(f"**Quality gate {g['status']}**{extra}: {gate_line(g)}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _plot(path: Path, m: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from eft.metrics import order_metrics
+
+    names = dataset_names(m)
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(8, 0.6 * len(m[names[0]]["base"]) + 3), 3.2 * len(names)),
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        metrics_ = list(order_metrics(m[name]["base"]))
+        x = np.arange(len(metrics_))
+        ax.bar(x - 0.2, [m[name]["base"][k] for k in metrics_], 0.4, label="base")
+        ax.bar(x + 0.2, [m[name]["tuned"][k] for k in metrics_], 0.4, label="tuned")
+        ax.set_xticks(x, metrics_, rotation=45, ha="right", fontsize=8)
+        ax.set_title(name)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, m: dict[str, Any]) -> str:
+    write_json_atomic(out / "metrics.json", m)
+    md = render_markdown(m)
+    (out / "metrics.md").write_text(md, encoding="utf-8")
+    try:
+        _plot(out / "metrics.png", m)
+    except Exception as exc:  # a chart is a nicety; never fail the stage for it
+        log.warning("could not draw metrics.png: %s", exc)
+    return md
+
+
+def run(ctx: StageContext) -> StageResult:
+    from eft.models import load_sentence_model
+
+    spec = ctx.spec
+    ev = spec.evaluation
+    bm = spec.base_model
+    prep = ctx.input("prepare")
+    model_dir = ctx.input("train") / "model"
+    if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
+        raise _fail(f"train/model is not a model folder ({model_dir}): re-run the train stage")
+    sets = load_eval_sets(prep, ev.datasets)
+    k_values = list(ev.k)
+
+    results: dict[str, dict[str, dict[str, float]]] = {s.name: {} for s in sets}
+    for label, path in (("base", None), ("tuned", str(model_dir))):
+        model = load_sentence_model(bm, path=path)
+        per_set = evaluate_model(model, sets, k_values, bm.query_prefix, bm.passage_prefix, ctx.progress, label)
+        for name, mm in per_set.items():
+            results[name][label] = mm
+        del model
+
+    gate_ds = sets[1].name if len(sets) > 1 else TEST
+    gate = compute_gate(results, gate_ds, ev.gate)
+    m: dict[str, Any] = dict(results)
+    m["gate"] = gate
+    m["datasets"] = {s.name: {"description": s.description, "queries": len(s.data.queries),
+                              "documents": len(s.data.corpus), "judgements": s.data.num_judgements} for s in sets}
+    if gate["status"] == "failed":
+        write_outputs(ctx.work, m)
+        raise _fail(gate_failure_message(gate))
+    md = write_outputs(ctx.out, m)
+    ctx.progress(md.strip().splitlines()[-1])
+
+    headline = "ndcg@10" if "ndcg@10" in results[gate_ds]["base"] else ev.gate.metric
+    summary: dict[str, Any] = {
+        "baseNdcg10" if headline == "ndcg@10" else "base": round(results[gate_ds]["base"][headline], 4),
+        "tunedNdcg10" if headline == "ndcg@10" else "tuned": round(results[gate_ds]["tuned"][headline], 4),
+        "gate": gate["status"],
+        "gateMetric": gate["metric"],
+        "gateDataset": gate_ds,
+    }
+    if gate["metric"] != headline:
+        summary.update(gateBase=round(gate["base"], 4), gateTuned=round(gate["tuned"], 4))
+    test = results[TEST]
+    counts = {
+        "queries": len(sets[0].data.queries),
+        "documents": len(sets[0].data.corpus),
+        "datasets": len(sets),
+        "base_ndcg@10": _round(results[gate_ds]["base"].get("ndcg@10")),
+        "tuned_ndcg@10": _round(results[gate_ds]["tuned"].get("ndcg@10")),
+        "gate": gate["status"],
+    }
+    details = {"gate": gate, "kValues": k_values, "testNdcg@10": {
+        "base": test["base"].get("ndcg@10"), "tuned": test["tuned"].get("ndcg@10")}}
+    return StageResult(counts=counts, details=details, summary=json.dumps(summary, separators=(",", ":")))
+
+
+def report(stage_dir: Path) -> str:
+    """The base vs tuned table of a finished evaluate stage (printed by `eft run`)."""
+    p = Path(stage_dir) / "metrics.json"
+    if not p.is_file():
+        return ""
+    return "Retrieval quality, base vs tuned\n\n" + render_markdown(read_json(p))

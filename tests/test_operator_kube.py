@@ -42,7 +42,11 @@ def operator(control_plane, kube_namespace, crd, tmp_path, request):
 
 
 def run_stage(cluster: Cluster, kubelet, name: str, stage: str, message: str | None = None, **kw) -> dict:
-    job = cluster.stage_job(name, stage, exclude=kw.pop("exclude", set()))
+    exclude = set(kw.pop("exclude", set()))
+    job = cluster.stage_job(name, stage, exclude=exclude)
+    # strictly in order: when a stage's Job appears, nothing after it exists
+    later = STAGES[STAGES.index(stage) + 1:]
+    assert not [j for s in later for j in cluster.jobs(name, s) if j["metadata"]["name"] not in exclude]
     kubelet.run_job_pods(cluster.ns, job["metadata"]["name"], message=message or f"{stage}: ok", **kw)
     return job
 
@@ -52,9 +56,6 @@ def run_pipeline(cluster, kubelet, name, stages=STAGES, exclude=frozenset()) -> 
     for stage in stages:
         msg = json.dumps(EVAL) if stage == "evaluate" else None
         jobs[stage] = run_stage(cluster, kubelet, name, stage, msg, exclude=set(exclude))
-        # strictly in order: nothing after this stage exists yet
-        later = STAGES[STAGES.index(stage) + 1:]
-        assert not [j for s in later for j in cluster.jobs(name, s) if j["metadata"]["name"] not in exclude]
     return jobs
 
 
@@ -141,11 +142,13 @@ def test_operator_killed_mid_stage_resumes_without_duplicates(cluster, operator,
     cluster.create(name, {})
     run_pipeline(cluster, fake_kubelet, name, ("ingest", "sdg"))
     prepare = cluster.stage_job(name, "prepare")
+    wait_status(cluster, name, lambda st: st["stages"][2]["phase"] == "Running" and st)
     operator.kill()
     # the stage finishes while the operator is down
     fake_kubelet.run_job_pods(cluster.ns, prepare["metadata"]["name"], message="prepare: ok")
     operator.start()
     train = cluster.stage_job(name, "train", timeout=60)
+    wait_status(cluster, name, lambda st: st["stages"][3]["phase"] == "Running" and st)
     # kill again while train is running (its pod not done), restart: the same Job is adopted
     operator.kill()
     operator.start()
@@ -196,7 +199,8 @@ def test_suspend_pauses_between_stages_and_kueue_queueing(cluster, operator, fak
     st = wait_status(cluster, name, phase_is("Queued"))
     assert next(c for c in st["conditions"] if c["type"] == "Queued")["status"] == "True"
     # pause while the stage runs: it finishes, the next one does not start
-    cluster.patch(name, {"spec": {"suspend": True}})
+    gen = cluster.patch(name, {"spec": {"suspend": True}})["metadata"]["generation"]
+    wait_status(cluster, name, lambda st: st.get("observedGeneration") == gen and st)
     cluster.batch.patch_namespaced_job(ingest["metadata"]["name"], cluster.ns, {"spec": {"suspend": False}})
     fake_kubelet.run_job_pods(cluster.ns, ingest["metadata"]["name"], message="ingest: ok")
     st = wait_status(cluster, name, phase_is("Suspended"))

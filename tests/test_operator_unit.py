@@ -257,7 +257,11 @@ def test_serving_deployment_rolls_without_downtime():
     assert d["spec"]["template"]["metadata"]["annotations"][b.DIGEST_ANNOTATION] == "digest-1"
     c = d["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["eft"] and c["args"][:3] == ["serve", "--model", "/workspace/export"]
-    assert "--port" in c["args"] and "9000" in c["args"] and "demo-embed" in c["args"]
+    assert "--port" in c["args"] and "9000" in c["args"]
+    assert c["args"][c["args"].index("--served-model-name") + 1] == "demo-embed"
+    assert c["image"] == SETTINGS.serving_image
+    torch = efr({"serving": {"backend": "torch"}})
+    assert b.serving_container(torch, parsed(torch), SETTINGS)["args"][2] == "/workspace/train/model"
     assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert c["resources"] == {"limits": {"cpu": "2", "nvidia.com/gpu": 1}}
@@ -644,6 +648,10 @@ def test_multi_node_plan_creates_rendezvous_service_first():
     p = plan(body, children_through(body, "prepare"), SETTINGS, NOW)
     assert kinds(p, "create") == [("create", "Service"), ("create", "Job")]
     assert p.actions[0].obj["metadata"]["name"] == p.actions[1].obj["spec"]["template"]["spec"]["subdomain"]
+    rwo = efr({"training": {"nodes": 2}})
+    p = plan(rwo, children_through(rwo, "prepare"), SETTINGS, NOW)
+    assert kinds(p, "create") == [] and p.status["phase"] == "Blocked"
+    assert cond(p.status, "Progressing")["reason"] == "ReadWriteOnceMultiNode"
 
 
 # ----------------------------------------------------------------------------- RBAC

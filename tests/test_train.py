@@ -119,6 +119,20 @@ def test_batch_sampler_never_puts_one_qid_twice_in_a_batch():
                 assert len(seen) >= len(qids) - 2 * 16 * world  # only incomplete global batches dropped
     s = QidBatchSampler(qids, 16, seed=3)
     assert s.batches(0) == s.batches(0) and s.batches(0) != s.batches(1)  # deterministic, reshuffled per epoch
+    assert {len(b) for b in s.batches(0)} <= {15, 16}  # dealt evenly, no near-empty batches
+
+    # A question with more rows than the epoch has batches (a broad query with hundreds of positives)
+    # contributes one row per batch, a different subset each epoch.
+    qids = [f"q{i}" for i in range(200)] + ["huge"] * 100
+    s = QidBatchSampler(qids, 16, seed=1)
+    for epoch in (0, 1):
+        batches = s.batches(epoch)
+        assert all(len({qids[i] for i in b}) == len(b) for b in batches)
+        assert all(len(b) in (15, 16) for b in batches)
+        huge = [i for b in batches for i in b if qids[i] == "huge"]
+        assert len(huge) == len(batches) and len(set(huge)) == len(huge)
+        assert sum(len(b) for b in batches) == 200 + len(batches)
+    assert set(i for b in s.batches(0) for i in b) != set(i for b in s.batches(1) for i in b)
 
 
 def test_false_negative_mask_and_loss():
@@ -229,3 +243,89 @@ def test_bad_input_fails_with_one_line(tmp_path):
     (ws.stage_dir("prepare") / "train.jsonl").write_text('{"qid": "a", "query": "x"}\n')
     with pytest.raises(StageFailed, match="line 1: not a training row"):
         execute_stage(efr, ws, "train")
+
+
+# ---------------------------------------------------------------------------------------------- multi-process
+
+_RANK_SCRIPT = r'''
+import sys, zlib, torch
+torch.set_num_threads(1)
+from eft.stages import training_loop as tl
+
+def feat(t):
+    return torch.randn(16, generator=torch.Generator().manual_seed(zlib.crc32(t.encode())))
+
+class Toy(torch.nn.Module):
+    """Stands in for a SentenceTransformer: preprocess(texts) -> features, forward -> sentence_embedding."""
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 8)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(8, 16, generator=torch.Generator().manual_seed(1)))
+            self.lin.bias.zero_()
+    def preprocess(self, texts):
+        return {"x": torch.stack([feat(t) for t in texts])}
+    def forward(self, f):
+        return {"sentence_embedding": self.lin(f["x"])}
+
+N_NEG = 2
+# 8 rows; rows 1 and 5 share a positive passage (id 1), on different ranks when split 4 + 4.
+POS = [0, 1, 2, 3, 4, 1, 6, 7]
+def batch(rows):
+    return tl.BatchTensors(
+        queries=[f"q{i}" for i in rows],
+        passages=[f"p{POS[i]}" for i in rows] + [f"n{i}-{j}" for i in rows for j in range(N_NEG)],
+        row_q=torch.tensor(rows),
+        pids=torch.tensor([POS[i] for i in rows] + [100 + 10 * i + j for i in rows for j in range(N_NEG)]))
+
+n_ids = 1000
+cfg = tl.LossConfig(scale=20.0, n_neg=N_NEG, in_batch=True,
+                    known_pairs=torch.tensor(sorted(q * n_ids + POS[q] for q in range(8))), n_ids=n_ids)
+model = Toy()
+mode, out = sys.argv[1], sys.argv[2]
+if mode == "single":
+    info = tl.DistInfo()
+    rows = list(range(8))
+else:
+    info = tl.setup_distributed("cpu")
+    rows = list(range(info.rank * 4, info.rank * 4 + 4))
+loss = tl.batch_loss(model, batch(rows), cfg, info)
+loss.backward()
+tl.allreduce_gradients(list(model.parameters()), info)
+mean_loss = tl.allreduce_mean(float(loss), info)
+if info.rank == 0:
+    torch.save({"loss": mean_loss, "grad": model.lin.weight.grad.clone()}, out)
+'''
+
+
+def test_cross_rank_gather_matches_one_big_batch(tmp_path):
+    """Two gloo processes, 4 rows each, give the loss and gradients of one process with all 8 rows:
+    the autograd all_gather spans the global batch and the false-negative mask works across ranks."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base_env = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), "dist", str(tmp_path / "dist.pt")],
+                              env={**base_env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    try:
+        single_env = {**os.environ, "PYTHONPATH": str(repo), "WORLD_SIZE": "1"}
+        subprocess.run([sys.executable, str(script), "single", str(tmp_path / "single.pt")], env=single_env,
+                       check=True, timeout=120)
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    single = torch.load(tmp_path / "single.pt")
+    dist = torch.load(tmp_path / "dist.pt")
+    assert dist["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert torch.allclose(dist["grad"], single["grad"], atol=1e-6), (dist["grad"] - single["grad"]).abs().max()

@@ -1,0 +1,217 @@
+"""Retrieval quality of the recipe on a BEIR dataset, measured on the dataset's HUMAN test queries.
+
+    python bench/quality.py ../shared/datasets/nfcorpus [--mode supplied|offline|both] [--workspace DIR]
+
+Modes
+  supplied  the dataset's corpus becomes ingest/corpus.jsonl and its human TRAIN queries + qrels become
+            sdg/questions.jsonl (positives = every relevant document), both written as stage folders under
+            the workspace contract (manifests); then prepare -> train -> evaluate.
+  offline   ingest + offline SDG generate questions from the dataset's corpus alone (no human labels);
+            then prepare -> train -> evaluate.
+Both pass the dataset's test split as an evaluation.datasets entry, so the evaluate stage reports it and
+gates on it. Stages already up to date in the workspace are reused unless --force.
+
+Defaults depend on the device. GPU: the recipe's defaults (maxSeqLength 256, 4 hard negatives, batchSize
+auto, 3 epochs). CPU (2 cores must finish in ~20-30 min): maxSeqLength 128, 1 hard negative, batch 32,
+at most --max-steps optimizer steps (see --help); every setting used is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+CPU_DEFAULTS = {"max_seq_length": 128, "negatives": 1, "batch_size": "32", "epochs": 1, "max_steps": 150,
+                "lr": 3e-5}
+GPU_DEFAULTS = {"max_seq_length": 256, "negatives": 4, "batch_size": "auto", "epochs": 3, "max_steps": None,
+                "lr": 1e-5}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def publish_supplied(ws, name: str, fill, counts: dict, source: str) -> None:
+    """Write a stage folder the way eft.pipeline.execute_stage does (temp folder, manifest, atomic swap)."""
+    from eft.workspace import MANIFEST, combined_digest, digest_tree, write_json_atomic
+
+    started, t0 = _now(), time.perf_counter()
+    tmp = ws.new_tmp_dir(name)
+    fill(tmp)
+    outputs = digest_tree(tmp)
+    write_json_atomic(tmp / MANIFEST, {
+        "stage": name, "status": "succeeded", "fingerprint": {"supplied": source},
+        "outputs": outputs, "outputsDigest": combined_digest(outputs), "counts": counts,
+        "details": {"supplied": source}, "summary": f"supplied by bench/quality.py from {source}",
+        "startedAt": started, "finishedAt": _now(), "seconds": round(time.perf_counter() - t0, 3),
+        "versions": {}, "host": platform.node(),
+    })
+    ws.publish(name, tmp)
+
+
+def write_supplied_stages(ws, dataset: Path) -> dict:
+    """ingest/corpus.jsonl from the dataset's corpus, sdg/questions.jsonl from its human train split."""
+    from eft.metrics import load_beir
+
+    train = load_beir(dataset, "train")
+    doc_ids = list(train.corpus)
+
+    def ingest(out: Path) -> None:
+        with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
+            for d in doc_ids:
+                doc = train.corpus[d]
+                f.write(json.dumps({"_id": d, "title": doc.get("title") or "", "text": doc.get("text") or "",
+                                    "metadata": {"source": f"{dataset.name}/corpus.jsonl#{d}", "position": 0}},
+                                   ensure_ascii=False) + "\n")
+
+    questions = []
+    for q, rels in train.qrels.items():
+        pos = [d for d, g in rels.items() if g > 0 and d in train.corpus]
+        if pos:
+            questions.append({"_id": q, "text": train.queries[q], "hops": 1, "positives": pos, "score": 10,
+                              "backend": "supplied"})
+
+    def sdg(out: Path) -> None:
+        with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in questions)
+
+    publish_supplied(ws, "ingest", ingest, {"chunks": len(doc_ids)}, f"{dataset}/corpus.jsonl")
+    publish_supplied(ws, "sdg", sdg, {"questions": len(questions)}, f"{dataset}/qrels/train.tsv")
+    return {"documents": len(doc_ids), "questions": len(questions),
+            "positives": sum(len(x["positives"]) for x in questions)}
+
+
+def build_spec(dataset: Path, mode: str, s: dict):
+    from eft.spec import parse_document
+
+    batch = s["batch_size"] if s["batch_size"] == "auto" else int(s["batch_size"])
+    spec = {
+        "baseModel": {"maxSeqLength": s["max_seq_length"]},
+        "mining": {"negatives": s["negatives"]},
+        "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"],
+                     **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})},
+        "evaluation": {"datasets": [{"name": dataset.name, "path": str(dataset), "split": "test"}]},
+    }
+    if mode == "offline":
+        spec["corpus"] = {"path": str(dataset), "include": ["corpus.jsonl"]}
+        spec["sdg"] = {"backend": "offline"}
+    return parse_document({"metadata": {"name": f"bench-{mode}"}, "spec": spec})
+
+
+def run_mode(dataset: Path, mode: str, root: Path, settings: dict, force: bool) -> dict:
+    from eft.pipeline import StageFailed, execute_stage, is_up_to_date
+    from eft.workspace import Workspace, read_json
+
+    ws = Workspace(root / mode)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    ws.clean_stale_tmp()
+    efr = build_spec(dataset, mode, settings)
+    times: dict[str, float | str] = {}
+    print(f"\n== {mode}: workspace {ws.root}", flush=True)
+    if mode == "supplied":
+        t0 = time.perf_counter()
+        info = write_supplied_stages(ws, dataset)
+        times["supply"] = time.perf_counter() - t0
+        print(f"  supplied: {info['documents']} documents, {info['questions']} human train questions, "
+              f"{info['positives']} (question, relevant document) pairs", flush=True)
+        stages = ["prepare", "train", "evaluate"]
+    else:
+        stages = ["ingest", "sdg", "prepare", "train", "evaluate"]
+    failure = None
+    for st in stages:
+        if not force and is_up_to_date(efr, ws, st):
+            print(f"  [{st}] up to date, reused", flush=True)
+            times[st] = "reused"
+            continue
+        t0 = time.perf_counter()
+        try:
+            m = execute_stage(efr, ws, st, progress=lambda msg, st=st: print(f"  [{st}] {msg}", flush=True))
+        except StageFailed as exc:
+            times[st] = time.perf_counter() - t0
+            failure = exc.message
+            print(f"  [{st}] FAILED after {times[st]:.0f}s: {exc.message}", flush=True)
+            break
+        times[st] = time.perf_counter() - t0
+        print(f"  [{st}] done in {times[st]:.0f}s: {json.dumps(m['counts'])}", flush=True)
+    metrics_path = ws.stage_dir("evaluate") / "metrics.json"
+    if failure and (ws.root / ".work" / "evaluate" / "metrics.json").is_file():
+        metrics_path = ws.root / ".work" / "evaluate" / "metrics.json"  # a failed gate keeps its metrics here
+    metrics = read_json(metrics_path) if metrics_path.is_file() and (not failure or "quality gate" in failure) else None
+    train_m = ws.manifest("train") or {}
+    return {"mode": mode, "times": times, "failure": failure, "metrics": metrics,
+            "train": train_m.get("counts", {}), "trainDetails": train_m.get("details", {})}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/{train,test}.tsv")
+    ap.add_argument("--mode", choices=("supplied", "offline", "both"), default="supplied")
+    ap.add_argument("--workspace", type=Path, default=None, help="default ./eft-workspace/bench-<dataset>")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--max-seq-length", type=int)
+    ap.add_argument("--negatives", type=int, help="hard negatives per training row")
+    ap.add_argument("--batch-size", help="an integer or 'auto'")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--max-steps", type=int, help="0 = no cap")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--force", action="store_true", help="re-run stages even when up to date")
+    args = ap.parse_args(argv)
+
+    dataset = args.dataset.resolve()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    os.environ["EFT_DEVICE"] = device
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    settings = dict(GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS)
+    for key in settings:
+        v = getattr(args, key)
+        if v is not None:
+            settings[key] = v
+    if settings["max_steps"] == 0:
+        settings["max_steps"] = None
+    root = (args.workspace or Path("eft-workspace") / f"bench-{dataset.name}").resolve()
+    dev_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"bench/quality: {dataset.name}, device {dev_name}")
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+
+    modes = ["supplied", "offline"] if args.mode == "both" else [args.mode]
+    results = [run_mode(dataset, m, root, settings, args.force) for m in modes]
+
+    print(f"\n== results on {dataset.name} human test queries (exact cosine search; base = bundled model)")
+    header = f"{'mode':9s} {'base nDCG@10':>12s} {'tuned nDCG@10':>13s} {'delta':>7s} {'base R@10':>9s} {'tuned R@10':>10s}  gate"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        m = r["metrics"]
+        if not m or dataset.name not in m:
+            print(f"{r['mode']:9s} no metrics: {r['failure']}")
+            continue
+        b, t = m[dataset.name]["base"], m[dataset.name]["tuned"]
+        rel = (t["ndcg@10"] - b["ndcg@10"]) / b["ndcg@10"] * 100 if b["ndcg@10"] else float("nan")
+        gate = m.get("gate", {}).get("status", "?")
+        print(f"{r['mode']:9s} {b['ndcg@10']:12.4f} {t['ndcg@10']:13.4f} {rel:+6.1f}% {b['recall@10']:9.4f} "
+              f"{t['recall@10']:10.4f}  {gate}")
+    print("\nstage wall times (s):")
+    for r in results:
+        parts = [f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["times"].items()]
+        tc = r["train"]
+        extra = (f"; train: {tc.get('steps')} steps x batch {tc.get('batch_size')}, {tc.get('rows_per_second')} rows/s, "
+                 f"best epoch {tc.get('best_epoch')}") if tc else ""
+        print(f"  {r['mode']:9s} " + ", ".join(parts) + extra)
+    return 0 if all(r["metrics"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""The FastAPI application: OpenAI-compatible /v1/embeddings and /v1/models, health, metrics.
+
+Request bodies are read and validated by hand (not through pydantic models) so that every malformed
+request gets an OpenAI-shaped 4xx error — {"error": {"message", "type", "param", "code"}} — with the
+offending parameter named, and nothing a client sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from eft.serving.backends import Backend, TextTokenizer
+from eft.serving.batcher import Closed, DynamicBatcher, Overloaded
+from eft.serving.metrics import ServerMetrics
+
+log = logging.getLogger("eft.serving")
+
+ALLOWED_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "input_type")
+INPUT_TYPES = {"query": "query", "passage": "passage", "document": "passage"}
+# Above this many characters a request is tokenized off the event loop.
+_THREAD_TOKENIZE_CHARS = 20_000
+
+
+@dataclass
+class ServerConfig:
+    model_name: str | None = None  # served name; default: the manifest's (or the folder's) name
+    max_inputs: int = 2048
+    max_input_tokens: int | None = None  # default and ceiling: the model's maximum sequence length
+    on_too_long: str = "truncate"  # or "error": 400 for an input longer than max_input_tokens
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 8192
+    query_prefix: str | None = None  # override the model's
+    passage_prefix: str | None = None
+    warmup: bool = True
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code or {400: "invalid_request", 404: "not_found", 413: "payload_too_large",
+                             503: "service_unavailable"}.get(status, "error")
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def error_body(status: int, message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def api_error_response(e: ApiError) -> Response:
+    headers = {"Retry-After": "1"} if e.status == 503 else None
+    return Response(error_body(e.status, e.message, e.type, e.param, e.code), status_code=e.status,
+                    media_type="application/json", headers=headers)
+
+
+@dataclass
+class EmbeddingRequest:
+    texts: list[str]
+    model: str
+    encoding_format: str
+    dimensions: int | None
+    input_type: str | None
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def parse_request(payload: Any, cfg: ServerConfig, served_name: str, dim: int) -> EmbeddingRequest:
+    if not isinstance(payload, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(payload)}")
+    unknown = [k for k in payload if k not in ALLOWED_FIELDS]
+    if unknown:
+        raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                       code="unknown_parameter")
+    if "model" not in payload:
+        raise ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
+    model = payload["model"]
+    if not isinstance(model, str):
+        raise ApiError(400, f"'model' must be a string, got {_type_name(model)}", param="model", code="invalid_type")
+    if model != served_name:
+        raise ApiError(404, f"The model '{model}' does not exist; this server serves '{served_name}'", param="model",
+                       code="model_not_found")
+    if "input" not in payload:
+        raise ApiError(400, "you must provide an input parameter", param="input", code="missing_required_parameter")
+    raw = payload["input"]
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list):
+        if not raw:
+            raise ApiError(400, "'input' must not be an empty array", param="input", code="empty_input")
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) or all(
+                isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in raw):
+            raise ApiError(400, "token-id arrays are not supported by this server: send the text as a string or an "
+                           "array of strings", param="input", code="token_ids_not_supported")
+        for i, x in enumerate(raw):
+            if not isinstance(x, str):
+                raise ApiError(400, f"'input[{i}]' must be a string, got {_type_name(x)}", param="input",
+                               code="invalid_type")
+        texts = raw
+    else:
+        raise ApiError(400, f"'input' must be a string or an array of strings, got {_type_name(raw)}",
+                       param="input", code="invalid_type")
+    if len(texts) > cfg.max_inputs:
+        raise ApiError(400, f"too many inputs: {len(texts)}, the maximum per request is {cfg.max_inputs}",
+                       param="input", code="too_many_inputs")
+    for i, t in enumerate(texts):
+        if t == "":
+            where = "'input'" if isinstance(raw, str) else f"'input[{i}]'"
+            raise ApiError(400, f"{where} must not be an empty string", param="input", code="empty_input")
+    fmt = payload.get("encoding_format")
+    if fmt is None:
+        fmt = "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}",
+                       param="encoding_format", code="invalid_value")
+    dims = payload.get("dimensions")
+    if dims is not None:
+        if not isinstance(dims, int) or isinstance(dims, bool):
+            raise ApiError(400, f"'dimensions' must be an integer, got {_type_name(dims)}", param="dimensions",
+                           code="invalid_type")
+        if dims < 1 or dims > dim:
+            raise ApiError(400, f"'dimensions' must be between 1 and {dim} (the model's dimension), got {dims}",
+                           param="dimensions", code="invalid_value")
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(400, f"'user' must be a string, got {_type_name(user)}", param="user", code="invalid_type")
+    itype = payload.get("input_type")
+    if itype is not None:
+        if not isinstance(itype, str) or itype not in INPUT_TYPES:
+            raise ApiError(400, f"'input_type' must be 'query' or 'passage', got {itype!r}", param="input_type",
+                           code="invalid_value")
+        itype = INPUT_TYPES[itype]
+    return EmbeddingRequest(texts, model, fmt, dims, itype)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    too_big = ApiError(413, f"request body too large: the limit is {limit} bytes", code="payload_too_large")
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            declared = int(cl)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if declared > limit:
+            # Drain (without keeping) a moderately larger body so that the client reads the answer
+            # instead of a reset connection; give up on absurd sizes.
+            if declared <= 16 * limit:
+                async for _ in request.stream():
+                    pass
+            raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ServerState:
+    def __init__(self) -> None:
+        self.status = "loading"  # loading | ready | failed | draining
+        self.error: str | None = None
+        self.backend: Backend | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.tokenizer: TextTokenizer | None = None
+        self.limit = 0
+        self.name = ""
+        self.prefix = {"query": "", "passage": ""}
+        self.loaded = threading.Event()
+
+
+def warm_up(backend: Backend, max_batch: int) -> None:
+    L = backend.info.max_length
+    for n, width in ((1, 8), (min(8, max_batch), min(64, L)), (2, L)):
+        backend.embed([[backend.pad_id + 1] * width] * n)
+
+
+def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
+               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """An app that loads its backend (a loaded Backend, or a function returning one) in the background.
+
+    /health/live answers at once; /health/ready and /v1/embeddings wait for the load and warm-up.
+    `on_fatal(message)` is called if loading fails (the CLI stops the server with a non-zero exit).
+    """
+    metrics = ServerMetrics()
+    state = ServerState()
+
+    def _load() -> None:
+        try:
+            backend = loader() if callable(loader) and not isinstance(loader, Backend) else loader
+            assert isinstance(backend, Backend)
+            max_len = backend.info.max_length
+            limit = min(cfg.max_input_tokens or max_len, max_len)
+            state.tokenizer = backend.tokenizer if limit == backend.tokenizer.max_length else \
+                backend.tokenizer.with_max_length(limit)
+            state.limit = limit
+            state.name = cfg.model_name or backend.info.name
+            state.prefix = {
+                "query": backend.info.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
+                "passage": backend.info.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
+            }
+            if cfg.warmup:
+                t0 = time.perf_counter()
+                warm_up(backend, cfg.max_batch_size)
+                log.info("warm-up done in %.2fs", time.perf_counter() - t0)
+            batcher = DynamicBatcher(backend, cfg.max_batch_tokens, cfg.max_batch_size, cfg.max_wait_ms,
+                                     cfg.max_queue, metrics)
+            batcher.start()
+            state.backend, state.batcher = backend, batcher
+            if state.status == "loading":
+                state.status = "ready"
+                metrics.ready.set(1)
+            log.info("ready: serving %s as '%s' (dim %d, max %d tokens)", backend.describe(), state.name,
+                     backend.info.dimension, limit)
+        except Exception as exc:  # reported, then the CLI exits non-zero
+            state.status = "failed"
+            state.error = str(exc) or type(exc).__name__
+            log.error("model load failed: %s", state.error)
+            if not isinstance(exc, (ValueError, OSError)) and type(exc).__name__ != "ModelRefused":
+                log.debug("load failure", exc_info=True)
+            if on_fatal:
+                on_fatal(state.error)
+        finally:
+            state.loaded.set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=_load, name="eft-model-load", daemon=True).start()
+        yield
+        if state.status != "failed":
+            state.status = "draining"
+        metrics.ready.set(0)
+        await asyncio.to_thread(state.loaded.wait, 600)
+        if state.batcher is not None:
+            await asyncio.to_thread(state.batcher.stop)
+        if state.backend is not None:
+            state.backend.close()
+
+    app = FastAPI(title="eft embedding server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.eft = state
+    app.state.metrics = metrics
+    app.state.config = cfg
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        msg = {404: f"Unknown path {request.url.path}", 405: f"Method {request.method} not allowed on {request.url.path}"
+               }.get(exc.status_code, str(exc.detail))
+        return api_error_response(ApiError(exc.status_code, msg))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:  # pragma: no cover
+        return api_error_response(ApiError(400, str(exc)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        metrics.errors.labels("internal_error").inc()
+        return api_error_response(ApiError(500, "internal server error", code="internal_error"))
+
+    @app.get("/health/live")
+    async def live() -> Response:
+        return json_response({"status": "alive"})
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        body: dict[str, Any] = {"status": state.status}
+        if state.backend is not None:
+            body.update(model=state.name, backend=state.backend.describe(), dimension=state.backend.info.dimension,
+                        max_input_tokens=state.limit)
+        if state.error:
+            body["error"] = state.error
+        return json_response(body, 200 if state.status == "ready" else 503)
+
+    @app.get("/metrics")
+    async def prom() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _model_card() -> dict[str, Any]:
+        created = state.backend.info.created if state.backend else 0
+        return {"id": state.name, "object": "model", "created": created, "owned_by": "eft"}
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        if state.status not in ("ready", "draining"):
+            return api_error_response(_not_ready())
+        return json_response({"object": "list", "data": [_model_card()]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        if state.status not in ("ready", "draining"):
+            return api_error_response(_not_ready())
+        if model_id != state.name:
+            return api_error_response(ApiError(404, f"The model '{model_id}' does not exist", param="model",
+                                               code="model_not_found"))
+        return json_response(_model_card())
+
+    def _not_ready() -> ApiError:
+        if state.status == "failed":
+            return ApiError(503, f"the model failed to load: {state.error}", code="model_load_failed")
+        if state.status == "draining":
+            return ApiError(503, "the server is shutting down", code="shutting_down")
+        return ApiError(503, "the model is loading; retry shortly", code="model_loading")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            resp = await _embeddings(request)
+            status = 200
+        except ApiError as e:
+            resp, status = api_error_response(e), e.status
+            metrics.errors.labels(e.code).inc()
+        metrics.requests.labels(str(status)).inc()
+        metrics.request_latency.labels(str(status)).observe(time.perf_counter() - t0)
+        return resp
+
+    async def _embeddings(request: Request) -> Response:
+        body = await read_body(request, cfg.max_request_bytes)
+        if state.status != "ready":
+            raise _not_ready()
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
+        backend, batcher, tok = state.backend, state.batcher, state.tokenizer
+        assert backend is not None and batcher is not None and tok is not None
+        req = parse_request(payload, cfg, state.name, backend.info.dimension)
+        texts = req.texts
+        prefix = state.prefix.get(req.input_type or "", "")
+        if prefix:
+            texts = [prefix + t for t in texts]
+        if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+            ids = await asyncio.to_thread(_tokenize, tok, texts, state.limit, cfg.on_too_long)
+        else:
+            ids = _tokenize(tok, texts, state.limit, cfg.on_too_long)
+        try:
+            emb = await batcher.embed(ids[0])
+        except Overloaded as exc:
+            raise ApiError(503, f"server overloaded: {exc}; retry later", code="overloaded") from None
+        except Closed:
+            raise ApiError(503, "the server is shutting down", code="shutting_down") from None
+        n_tokens = sum(len(x) for x in ids[0])
+        metrics.inputs.inc(len(texts))
+        metrics.tokens.inc(n_tokens)
+        if ids[1]:
+            metrics.truncated.inc(ids[1])
+        if req.dimensions is not None and req.dimensions < emb.shape[1]:
+            emb = emb[:, : req.dimensions]
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        if req.encoding_format == "base64":
+            le = emb.astype("<f4", copy=False)
+            data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(le[i].tobytes()).decode("ascii")}
+                    for i in range(len(le))]
+        else:
+            rows = emb.tolist()
+            data = [{"object": "embedding", "index": i, "embedding": rows[i]} for i in range(len(rows))]
+        return json_response({"object": "list", "data": data, "model": state.name,
+                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    return app
+
+
+def _tokenize(tok: TextTokenizer, texts: list[str], limit: int, on_too_long: str) -> tuple[list[list[int]], int]:
+    """Token ids (with special tokens) and how many texts were truncated; ApiError in 'error' mode."""
+    ids = tok.encode(texts, truncate=False)
+    long_ = [i for i, x in enumerate(ids) if len(x) > limit]
+    if not long_:
+        return ids, 0
+    if on_too_long == "error":
+        i = long_[0]
+        raise ApiError(400, f"'input[{i}]' is {len(ids[i])} tokens long, the maximum is {limit} "
+                       f"({len(long_)} input(s) too long); shorten it (this server does not truncate)",
+                       param="input", code="input_too_long")
+    cut = tok.encode([texts[i] for i in long_], truncate=True)
+    for i, row in zip(long_, cut):
+        ids[i] = row
+    return ids, len(long_)

@@ -238,13 +238,22 @@ def stage_gpus(spec: EmbeddingFinetuneSpec, stage: str) -> int:
     return min(1, spec.training.gpus_per_node)
 
 
-def _resources(base: dict[str, Any], gpus: int) -> dict[str, Any]:
+def _resources(base: dict[str, Any], gpus: int, gpu_resource: str = GPU_RESOURCE) -> dict[str, Any]:
     res = json.loads(json.dumps(base or {}))
     if gpus > 0:
-        res.setdefault("limits", {})[GPU_RESOURCE] = gpus
-        if GPU_RESOURCE in res.get("requests", {}):
-            res["requests"][GPU_RESOURCE] = gpus
+        res.setdefault("limits", {})[gpu_resource] = gpus
+        if gpu_resource in res.get("requests", {}):
+            res["requests"][gpu_resource] = gpus
     return res
+
+
+def stage_resources(spec: EmbeddingFinetuneSpec, stage: str, settings: Settings) -> dict[str, Any]:
+    """The spec's per-stage resources, else the operator's GPU-stage defaults for GPU stages."""
+    sp = spec.scheduling.stages.get(stage)
+    base = sp.resources if sp is not None and sp.resources else {}
+    if not base and STAGE_DEFS[stage].gpu and stage_gpus(spec, stage) > 0:
+        base = settings.gpu_stage_resources
+    return _resources(base, stage_gpus(spec, stage), settings.gpu_resource)
 
 
 def pod_security_context(settings: Settings) -> dict[str, Any]:
@@ -358,7 +367,7 @@ def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
         "image": stage_image(spec, stage, settings),
         "command": stage_command(stage, force),
         "env": env,
-        "resources": _resources(sp.resources if sp is not None else {}, gpus),
+        "resources": stage_resources(spec, stage, settings),
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -374,10 +383,12 @@ def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
         "volumes": volumes,
     }
     sch = spec.scheduling
-    if sch.node_selector:
-        pod["nodeSelector"] = dict(sch.node_selector)
-    if sch.tolerations:
-        pod["tolerations"] = json.loads(json.dumps(sch.tolerations))
+    node_selector = sch.node_selector or settings.default_node_selector
+    tolerations = sch.tolerations or settings.default_tolerations
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = json.loads(json.dumps(tolerations))
     if sch.affinity:
         pod["affinity"] = json.loads(json.dumps(sch.affinity))
     if sch.priority_class_name:
@@ -465,7 +476,7 @@ def serving_container(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, settings
         "name": "serve",
         "image": sv.image or settings.serving_image,
         "ports": [{"name": "http", "containerPort": port}],
-        "resources": _resources(sv.resources, sv.gpus),
+        "resources": _resources(sv.resources, sv.gpus, settings.gpu_resource),
         "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR, "readOnly": True}],
         "securityContext": container_security_context(),
         "readinessProbe": {"httpGet": {"path": sv.health_path, "port": "http"}, "periodSeconds": 5,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import metadata
 
 
@@ -36,6 +38,15 @@ class Settings:
     metrics_grace_seconds: float = 60.0
     # Namespaces to watch; empty = cluster-wide.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    # Scheduling defaults of stage pods where spec.scheduling leaves them empty (a GPU pool's labels
+    # and taints, typically): $EFT_DEFAULT_NODE_SELECTOR and $EFT_DEFAULT_TOLERATIONS, JSON.
+    default_node_selector: dict[str, str] = field(default_factory=dict)
+    default_tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Extended resource name of a GPU ($EFT_GPU_RESOURCE), e.g. nvidia.com/mig-1g.10gb.
+    gpu_resource: str = "nvidia.com/gpu"
+    # Container resources of GPU stages whose spec.scheduling.stages.<stage>.resources is empty
+    # ($EFT_GPU_STAGE_RESOURCES, JSON); the GPU count itself always comes from the spec.
+    gpu_stage_resources: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -48,6 +59,24 @@ class Settings:
             "resync_seconds": float(env.get("EFT_RESYNC_SECONDS", "60")),
             "workers": int(env.get("EFT_WORKERS", "4")),
             "metrics_grace_seconds": float(env.get("EFT_METRICS_GRACE_SECONDS", "60")),
+            "default_node_selector": _json_env("EFT_DEFAULT_NODE_SELECTOR", dict, {}),
+            "default_tolerations": _json_env("EFT_DEFAULT_TOLERATIONS", list, []),
+            "gpu_resource": env.get("EFT_GPU_RESOURCE") or "nvidia.com/gpu",
+            "gpu_stage_resources": _json_env("EFT_GPU_STAGE_RESOURCES", dict, {}),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _json_env(name: str, kind: type, default: Any) -> Any:
+    """A JSON setting from the environment; a malformed one stops the operator with the variable's name."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${name} is not valid JSON: {exc.msg} (got {raw[:80]!r})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"${name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value

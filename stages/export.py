@@ -42,6 +42,8 @@ METRIC = "ndcg@10"
 # Quality is measured on the whole test corpus up to this many passages (then: every relevant passage
 # plus a fixed random sample), to bound the time of three full-corpus encodings on CPU.
 MAX_QUALITY_CORPUS = 50_000
+# The TorchScript exporter first (exact opset, no extra package); the dynamo exporter as the fallback.
+EXPORTERS = ("torchscript", "dynamo")
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
@@ -84,7 +86,7 @@ def validation_texts(st: Any, corpus: dict, queries: dict, max_len: int) -> dict
     pool = docs or short or ["kubernetes pod container"]
     i = 0
     tok = st.tokenizer
-    while len(tok(long_, truncation=False)["input_ids"]) <= max_len + 8:
+    while len(tok(long_, truncation=False, verbose=False)["input_ids"]) <= max_len + 8:
         long_ = (long_ + " " + pool[i % len(pool)]).strip()
         i += 1
         if i > 10_000:  # pragma: no cover - pathological tokenizer
@@ -216,12 +218,12 @@ def run(ctx: StageContext) -> StageResult:
         "model_name": ctx.efr.served_model_name(),
         "created_unix": int(time.time()),
         "prefixes": prefixes,
-        "source": {"path": os.path.relpath(model_dir.resolve(), ctx.workspace.stage_dir("export").resolve())},
+        "source": {"path": os.path.relpath(os.path.abspath(model_dir), os.path.abspath(ctx.workspace.stage_dir("export")))},
         "quality": {"metric": METRIC, "split": "test", "max_quality_loss": osp.max_quality_loss},
     }
     t0 = time.perf_counter()
     if not osp.enabled:
-        manifest.update(files={}, variants={}, served_variants=[], onnx="skipped: disabled",
+        manifest.update(files={}, variants={}, served_variants=[], onnx={"status": "skipped: disabled"},
                         tensorrt={"status": "skipped: needs the ONNX export (export.onnx.enabled is false)"},
                         dimension=0, max_seq_length=spec.base_model.max_seq_length)
         write_json_atomic(out / MODEL_MANIFEST, manifest)
@@ -248,7 +250,7 @@ def run(ctx: StageContext) -> StageResult:
     validation: dict[str, Any] = {}
     export_info: dict[str, Any] = {}
     problems: list[str] = []
-    for exporter in ("torchscript", "dynamo"):
+    for exporter in EXPORTERS:
         ctx.progress(f"exporting ONNX fp32 (opset {osp.opset}, {exporter} exporter)")
         try:
             export_info = ox.export_onnx(st, fp32_path, opset=osp.opset, exporter=exporter)
@@ -372,7 +374,8 @@ def run(ctx: StageContext) -> StageResult:
         output=ox.OUTPUT_NAME,
         architecture=facts["architecture"],
         modules=facts["modules"],
-        onnx={"opset": export_info["opset"], "exporter": export_info["exporter"], "dynamic_axes": ["batch", "sequence"]},
+        onnx={"status": "exported", "opset": export_info["opset"], "exporter": export_info["exporter"],
+              "dynamic_axes": ["batch", "sequence"]},
         validation=validation,
         variants=variants,
         served_variants=served,
@@ -437,6 +440,8 @@ def report(stage_dir: Path) -> str:
     if not p.is_file():
         return ""
     m = read_json(p)
+    if (m.get("onnx") or {}).get("status", "").startswith("skipped"):
+        return f"export: ONNX {m['onnx']['status']}; TensorRT: {(m.get('tensorrt') or {}).get('status', '-')}"
     head = (f"export: {m.get('model_name')} — dim {m.get('dimension')}, max {m.get('max_seq_length')} tokens, "
             f"pooling {m.get('pooling')}, ONNX opset {(m.get('onnx') or {}).get('opset', '-')} "
             f"({(m.get('onnx') or {}).get('exporter', '-')}), fp32 vs PyTorch min cosine "

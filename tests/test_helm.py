@@ -215,12 +215,6 @@ def test_existing_service_account_mode_creates_no_rbac(rendered):
     assert env["HTTPS_PROXY"] == "http://proxy.example.com:3128"
 
 
-# Settings the chart passes that the operator is to read (defaults for what a spec leaves open): until
-# operator/settings.py reads them, the settings test xfails naming them; any other unread name fails.
-PENDING_SETTINGS = {"EFT_DEFAULT_NODE_SELECTOR", "EFT_DEFAULT_TOLERATIONS", "EFT_GPU_RESOURCE",
-                    "EFT_GPU_STAGE_RESOURCES"}
-
-
 def _operator_settings(dep: dict, monkeypatch):
     """The Settings `eft operator` builds from the rendered container's args and environment."""
     from eft.controller import main as operator_main
@@ -245,7 +239,7 @@ def test_rendered_settings_are_what_the_operator_reads(rendered, case, monkeypat
     env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     operator_src = (REPO / "operator" / "settings.py").read_text() + (REPO / "operator" / "main.py").read_text()
     unread = sorted(n for n in env if n.startswith("EFT_") and f'"{n}"' not in operator_src)
-    assert not set(unread) - PENDING_SETTINGS, f"the chart sets {unread}, which the operator never reads"
+    assert not unread, f"the chart sets {unread}, which the operator never reads"
 
     args, settings = _operator_settings(dep, monkeypatch)
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -267,9 +261,10 @@ def test_rendered_settings_are_what_the_operator_reads(rendered, case, monkeypat
                       ("EFT_GPU_STAGE_RESOURCES", "gpuStageResources")):
         assert json.loads(env[name]) == d[key] if d[key] else name not in env
     assert env.get("EFT_GPU_RESOURCE", "") == d["gpuResourceName"]
-    if unread:
-        pytest.xfail(f"operator/settings.py does not read {', '.join(unread)} yet: the chart passes them, "
-                     "the operator ignores them")
+    assert settings.default_node_selector == d["nodeSelector"]
+    assert settings.default_tolerations == d["tolerations"]
+    assert settings.gpu_resource == (d["gpuResourceName"] or "nvidia.com/gpu")
+    assert settings.gpu_stage_resources == d["gpuStageResources"]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -288,6 +283,30 @@ def test_gpu_defaults(rendered):
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert json.loads(env["EFT_DEFAULT_TOLERATIONS"])[0]["key"] == "nvidia.com/gpu"
     assert json.loads(env["EFT_GPU_STAGE_RESOURCES"])["requests"]["memory"] == "32Gi"
+
+
+def test_gpu_defaults_reach_the_stage_jobs(rendered, monkeypatch):
+    """The operator configured by the gpu-defaults chart puts its scheduling defaults on the Jobs of a
+    spec that leaves them open, and a spec's own values still win."""
+    from eft.controller.builders import build_stage_job
+    from eft.spec import parse_document
+
+    _, settings = _operator_settings(deployment(rendered["gpu-defaults"]), monkeypatch)
+    values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), ci_values("gpu-defaults"))["defaults"]
+    efr = {"apiVersion": "eft.ai/v1alpha1", "kind": "EmbeddingFinetune",
+           "metadata": {"name": "gpu", "namespace": "ml", "uid": "u-1"}}
+    spec = parse_document({}).spec
+    train = build_stage_job(efr, spec, "train", "abc123", settings)["spec"]["template"]["spec"]
+    assert train["tolerations"] == values["tolerations"]
+    assert train["nodeSelector"] == values["nodeSelector"] if values["nodeSelector"] else "nodeSelector" not in train
+    res = train["containers"][0]["resources"]
+    gpu = values["gpuResourceName"] or "nvidia.com/gpu"
+    assert res["limits"][gpu] == 1 and res["requests"]["memory"] == "32Gi"
+    ingest = build_stage_job(efr, spec, "ingest", "abc123", settings)["spec"]["template"]["spec"]
+    assert gpu not in ingest["containers"][0]["resources"].get("limits", {})
+    own = parse_document({"scheduling": {"tolerations": [{"key": "mine", "operator": "Exists"}]}}).spec
+    mine = build_stage_job(efr, own, "train", "abc123", settings)["spec"]["template"]["spec"]
+    assert mine["tolerations"] == [{"key": "mine", "operator": "Exists"}]
 
 
 def test_operator_application_values_render(helm, tmp_path):

@@ -78,7 +78,8 @@ def fake_workspace(root: Path, model_path: str | None = None) -> Path:
     from eft.models import resolve_model_path
 
     root = Path(root)
-    tiny_beir(root / "prepare" / "beir")
+    if not (root / "prepare" / "beir" / "corpus.jsonl").is_file():
+        tiny_beir(root / "prepare" / "beir")
     (root / "train").mkdir(parents=True, exist_ok=True)
     link = root / "train" / "model"
     if not link.exists():

@@ -18,20 +18,25 @@ at most --max-steps optimizer steps (see --help); every setting used is printed.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as `python bench/<script>.py`, bench/ is sys.path[0], and bench/operator.py (the operator benchmark)
+# would shadow the standard library's `operator` module: drop the script's folder from the path first.
+sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 
 CPU_DEFAULTS = {"max_seq_length": 128, "negatives": 1, "batch_size": "32", "epochs": 1, "max_steps": 150,
-                "lr": 3e-5}
+                "lr": 3e-5, "temperature": 0.02}
 GPU_DEFAULTS = {"max_seq_length": 256, "negatives": 4, "batch_size": "auto", "epochs": 3, "max_steps": None,
-                "lr": 1e-5}
+                "lr": 1e-5, "temperature": 0.02}
 
 
 def _now() -> str:
@@ -95,7 +100,7 @@ def build_spec(dataset: Path, mode: str, s: dict):
     spec = {
         "baseModel": {"maxSeqLength": s["max_seq_length"]},
         "mining": {"negatives": s["negatives"]},
-        "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"],
+        "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"], "temperature": s["temperature"],
                      **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})},
         "evaluation": {"datasets": [{"name": dataset.name, "path": str(dataset), "split": "test"}]},
     }
@@ -163,6 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--max-steps", type=int, help="0 = no cap")
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--temperature", type=float)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     args = ap.parse_args(argv)

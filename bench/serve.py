@@ -2,7 +2,7 @@
 
 Same model, same texts, same CPUs, one run each. For every concurrency level C:
 
-  * server: the real `eft serve` in a subprocess; C client tasks (httpx, in this process) each send one
+  * server: the real `eft serve` in a subprocess; C client tasks (aiohttp, else httpx, in this process) each send one
     text per request, base64 like the OpenAI SDK, until the text list is done. Latency is per request.
   * ST encode: the texts in consecutive groups of C, each group one `model.encode(group, batch_size=C)`
     call — an in-process caller with perfect batching of C concurrent requests. Latency of a text is
@@ -12,6 +12,9 @@ Usage:
     python bench/serve.py                          # builds a tiny export of the bundled model first
     python bench/serve.py --model WS/export        # an export folder (e.g. from `eft run`)
     python bench/serve.py --device cuda            # ST fp16 on GPU vs the server's CUDA EP (fp16 variant)
+
+ST runs with OMP_WAIT_POLICY=PASSIVE (set here before torch loads; see below), the server with
+ONNX Runtime thread spinning off: both at their best on shared cores.
 
 Texts: `--workspace WS` uses WS/prepare/beir (test queries and passages); by default, field
 descriptions from the Kubernetes API (the `kubernetes` package), a mix of short and long texts.
@@ -34,6 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# PyTorch's OpenMP threads spin-wait by default; on shared or oversubscribed cores that turns a 15 ms
+# encode into ~500 ms (measured on the 2-core dev machine). The ONNX server runs with spinning off too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def kubernetes_texts(n: int, seed: int = 0) -> list[str]:
@@ -61,6 +67,45 @@ def kubernetes_texts(n: int, seed: int = 0) -> list[str]:
     for i, t in enumerate(picks):
         out.append(" ".join(t.split()[: int(rng.integers(4, 12))]) if i % 2 else t)
     return out
+
+
+def _camel_words(name: str) -> str:
+    import re
+
+    return " ".join(w.lower() for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", name))
+
+
+def kubernetes_beir(folder: Path, passages: int = 2000, queries: int = 200, seed: int = 0) -> Path:
+    """A BEIR test split from Kubernetes API field docs: passage "Kind.field: description", query
+    "<field words> of <kind words>" (many kinds share fields, so neighbours are close: a fair place to see
+    a quantized variant's loss). Used for the export the benchmark builds when --model is not given."""
+    import inspect
+
+    import kubernetes.client.models as km
+
+    rows = []
+    for name in sorted(dir(km)):
+        cls = getattr(km, name)
+        fields = getattr(cls, "model_fields", None) if inspect.isclass(cls) else None
+        for field, info in (fields or {}).items():
+            desc = getattr(info, "description", None)
+            if desc and len(desc) > 40:
+                kind = name.removeprefix("V1").removeprefix("V2")
+                rows.append((f"{kind}.{field}", kind, field, desc))
+    rng = np.random.default_rng(seed)
+    rows = [rows[i] for i in sorted(rng.choice(len(rows), min(passages, len(rows)), replace=False))]
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for did, kind, field, desc in rows:
+            f.write(json.dumps({"_id": did, "title": f"{kind}.{field}", "text": desc}) + "\n")
+    picks = rng.choice(len(rows), min(queries, len(rows)), replace=False)
+    with open(folder / "queries.jsonl", "w") as f, open(folder / "qrels" / "test.tsv", "w") as q:
+        q.write("query-id\tcorpus-id\tscore\n")
+        for i in picks:
+            did, kind, field, _ = rows[i]
+            f.write(json.dumps({"_id": f"q-{did}", "text": f"{_camel_words(field)} of {_camel_words(kind)}"}) + "\n")
+            q.write(f"q-{did}\t{did}\t1\n")
+    return folder
 
 
 def workspace_texts(ws: Path, n: int, seed: int = 0) -> list[str]:
@@ -103,37 +148,67 @@ def bench_st(st, texts: list[str], conc: int, device: str) -> dict:
     return {"tps": len(texts) / wall, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000}
 
 
-async def _clients(url: str, model: str, texts: list[str], conc: int) -> dict:
-    import httpx
+class _Http:
+    """A keep-alive HTTP client pool: aiohttp when installed (several times cheaper per request than
+    httpx, which matters when client and server share two cores), else httpx."""
 
+    def __init__(self, url: str, conc: int):
+        self.url, self.conc = url, conc
+
+    async def __aenter__(self):
+        try:
+            import aiohttp
+
+            self.kind = "aiohttp"
+            self.s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.conc),
+                                           timeout=aiohttp.ClientTimeout(total=300))
+        except ImportError:
+            import httpx
+
+            self.kind = "httpx"
+            self.s = httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=self.conc))
+        return self
+
+    async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        if self.kind == "aiohttp":
+            async with self.s.post(self.url + path, json=body) as r:
+                return r.status, await r.json()
+        r = await self.s.post(self.url + path, json=body)
+        return r.status_code, r.json()
+
+    async def __aexit__(self, *exc):
+        await (self.s.close() if self.kind == "aiohttp" else self.s.aclose())
+
+
+async def _clients(url: str, model: str, texts: list[str], conc: int) -> dict:
     lat: list[float] = []
     errors = 0
     it = iter(range(len(texts)))
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+    async with _Http(url, conc) as c:
         async def worker():
             nonlocal errors
             for i in it:
                 t = time.perf_counter()
-                r = await c.post("/v1/embeddings", json={"model": model, "input": texts[i], "encoding_format": "base64"})
+                status, body = await c.post("/v1/embeddings",
+                                            {"model": model, "input": texts[i], "encoding_format": "base64"})
                 lat.append(time.perf_counter() - t)
-                if r.status_code != 200:
+                if status != 200:
                     errors += 1
                 else:
-                    base64.b64decode(r.json()["data"][0]["embedding"])
+                    base64.b64decode(body["data"][0]["embedding"])
 
-        # warm-up: a few requests at this concurrency
-        warm = iter(range(min(len(texts), 2 * conc)))
+        warm = iter(range(min(len(texts), 2 * conc)))  # warm-up at this concurrency
 
         async def warm_worker():
             for i in warm:
-                await c.post("/v1/embeddings", json={"model": model, "input": texts[i]})
+                await c.post("/v1/embeddings", {"model": model, "input": texts[i]})
 
         await asyncio.gather(*(warm_worker() for _ in range(conc)))
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
         wall = time.perf_counter() - t0
-    return {"tps": len(texts) / wall, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000, "errors": errors}
+    return {"tps": len(texts) / wall, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000, "errors": errors,
+            "client": c.kind}
 
 
 def bench_server(model_dir: Path, variant: str, texts: list[str], levels: list[int], threads: int, device: str,
@@ -149,7 +224,8 @@ def bench_server(model_dir: Path, variant: str, texts: list[str], levels: list[i
         out = {}
         for c in levels:
             out[c] = asyncio.run(_clients(f"http://127.0.0.1:{port}", info["model"], texts, c))
-            print(f"  {variant} c={c}: {out[c]['tps']:.1f} texts/s", file=sys.stderr)
+            errs = f", {out[c]['errors']} ERRORS" if out[c]["errors"] else ""
+            print(f"  {variant} c={c}: {out[c]['tps']:.1f} texts/s ({out[c]['client']} client{errs})", file=sys.stderr)
         return out
     finally:
         rc = stop_server(proc)
@@ -185,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         from eft.serving.testing import run_export
 
         tmp = tempfile.TemporaryDirectory(prefix="eft-bench-")
-        print("exporting the bundled model (fp32 + int8) into a temp workspace...", file=sys.stderr)
-        model_dir = run_export(Path(tmp.name) / "ws", name="bench", fp16=(a.device == "cuda"))
+        ws = Path(tmp.name) / "ws"
+        kubernetes_beir(ws / "prepare" / "beir")
+        print("exporting the bundled model (fp32 + int8, quality on a Kubernetes-API test split) into a temp "
+              "workspace...", file=sys.stderr)
+        model_dir = run_export(ws, name="bench", fp16=(a.device == "cuda"))
     manifest = json.loads((model_dir / "model-manifest.json").read_text())
     texts = workspace_texts(Path(a.workspace), a.texts) if a.workspace else kubernetes_texts(a.texts)
 
@@ -236,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     fp32_q = q["fp32"]["quality"]["ndcg@10"]
     for v in variants:
         if v != "fp32" and v in q and "quality" in q[v]:
-            print(f"{v} quality (export, test split): ndcg@10 {q[v]['quality']['ndcg@10']:.4f} vs fp32 {fp32_q:.4f} "
+            mq = manifest.get("quality") or {}
+            print(f"{v} quality (export, test split of {mq.get('queries')} queries x {mq.get('passages')} passages): "
+                  f"ndcg@10 {q[v]['quality']['ndcg@10']:.4f} vs fp32 {fp32_q:.4f} "
                   f"({-q[v]['relative_loss']:+.2%}, {q[v]['status']})")
     top = max(levels)
     key = "server onnx int8" if a.device == "cpu" else "server onnx fp16"

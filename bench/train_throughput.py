@@ -13,14 +13,19 @@ SentenceTransformerTrainer.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as `python bench/<script>.py`, bench/ is sys.path[0], and bench/operator.py (the operator benchmark)
+# would shadow the standard library's `operator` module: drop the script's folder from the path first.
+sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 
 
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
     if not gpu:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Both contenders may use every core to tokenize (the train stage does so on GPU).
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if gpu else "false"
 
     n_rows = args.batch_size * (args.steps + args.warmup_steps) + args.batch_size
     rows = build_rows(args.dataset, n_rows, args.negatives, seed=0)

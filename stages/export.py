@@ -143,7 +143,7 @@ def judge(base: float, value: float, max_loss: float) -> tuple[str, float, str |
     rel = (base - value) / base if base > 0 else (0.0 if value >= base else float("inf"))
     rel = round(rel, 6)
     if rel > max_loss:
-        return "rejected", rel, (f"loses {rel:.2%} {METRIC} relative to fp32 ({value:.4f} vs {base:.4f}), "
+        return "rejected", rel, (f"loses {rel:.3%} {METRIC} relative to fp32 ({value:.4f} vs {base:.4f}), "
                                  f"more than maxQualityLoss {max_loss:.2%}")
     return "accepted", rel, None
 
@@ -218,7 +218,9 @@ def run(ctx: StageContext) -> StageResult:
         "model_name": ctx.efr.served_model_name(),
         "created_unix": int(time.time()),
         "prefixes": prefixes,
-        "source": {"path": os.path.relpath(os.path.abspath(model_dir), os.path.abspath(ctx.workspace.stage_dir("export")))},
+        # Relative, so the workspace can be mounted anywhere (the torch backend serves it from the export).
+        "source": {"path": os.path.relpath(os.path.abspath(model_dir),
+                                           os.path.abspath(ctx.workspace.stage_dir("export")))},
         "quality": {"metric": METRIC, "split": "test", "max_quality_loss": osp.max_quality_loss},
     }
     t0 = time.perf_counter()
@@ -273,7 +275,9 @@ def run(ctx: StageContext) -> StageResult:
     # -- variants and their quality ----------------------------------------------------------------
     import onnxruntime as ort
 
-    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    from eft.serving.backends import gpu_present
+
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present()
     q_corpus, capped = cap_corpus(corpus, qrels)
     ctx.progress(f"measuring {METRIC} of fp32 ONNX on {len(qrels)} test queries x {len(q_corpus)} passages")
     base_quality = measure_quality(backend, q_corpus, queries, qrels, prefixes)
@@ -292,22 +296,22 @@ def run(ctx: StageContext) -> StageResult:
             continue
         path = out / VARIANT_FILES[name]
         ctx.progress(f"building the {name} variant")
+        device = "cuda" if (name == "fp16" and gpu) else "cpu"
         try:
             how = make(fp32_path, path, config)
-        except Exception as exc:
+            vb = _backend(out, facts, prefixes, name, device, threads)
+            cos = ox.cosine_rows(ref_emb, vb.embed_texts([t for g in texts.values() for t in g]))
+            ctx.progress(f"measuring {METRIC} of {name} on {device}")
+            quality = measure_quality(vb, q_corpus, queries, qrels, prefixes)
+            vb.close()
+            del vb
+        except Exception as exc:  # a variant that cannot be built or run is recorded, never served
             variants[name] = {"file": None, "status": "failed", "device": target,
                               "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             log.warning("variant %s failed: %s", name, variants[name]["reason"])
             for p in out.glob(VARIANT_FILES[name] + "*"):
                 p.unlink()
             continue
-        device = "cuda" if (name == "fp16" and gpu) else "cpu"
-        vb = _backend(out, facts, prefixes, name, device, threads)
-        cos = ox.cosine_rows(ref_emb, vb.embed_texts([t for g in texts.values() for t in g]))
-        ctx.progress(f"measuring {METRIC} of {name} on {device}")
-        quality = measure_quality(vb, q_corpus, queries, qrels, prefixes)
-        vb.close()
-        del vb
         status, rel, reason = judge(base, quality[METRIC], osp.max_quality_loss)
         entry = {"file": VARIANT_FILES[name], "status": status, "device": target, "quality": quality,
                  "delta": round(quality[METRIC] - base, 6), "relative_loss": rel, "measured_on": device,
@@ -320,7 +324,7 @@ def run(ctx: StageContext) -> StageResult:
             for p in out.glob(VARIANT_FILES[name] + "*"):
                 p.unlink()
         variants[name] = entry
-        ctx.progress(f"{name}: {METRIC} {quality[METRIC]:.4f} vs fp32 {base:.4f} ({-rel:+.2%}): {status}")
+        ctx.progress(f"{name}: {METRIC} {quality[METRIC]:.4f} vs fp32 {base:.4f} ({-rel:+.3%}): {status}")
 
     # -- TensorRT ------------------------------------------------------------------------------------
     trt_info: dict[str, Any]
@@ -392,7 +396,7 @@ def run(ctx: StageContext) -> StageResult:
             return "off"
         if e["status"] == "failed":
             return "failed"
-        return f"{e['status']} ({-e['relative_loss']:+.2%})"
+        return f"{e['status']} ({-e['relative_loss']:+.3%})"
 
     counts = {"variants": len(served), "dimension": facts["dimension"], "min_cosine": validation["min_cosine"],
               f"fp32_{METRIC}": base}
@@ -420,13 +424,15 @@ def _ids_for(texts: dict[str, list[str]], out: Path, max_len: int) -> list[list[
 def format_table(manifest: dict[str, Any]) -> str:
     rows = [("variant", "status", "file", "MB", METRIC, "vs fp32", "device")]
     files = manifest.get("files") or {}
-    for name, e in (manifest.get("variants") or {}).items():
+    variants = manifest.get("variants") or {}
+    for name in sorted(variants, key=lambda v: (list(VARIANT_FILES).index(v) if v in VARIANT_FILES else 9, v)):
+        e = variants[name]
         q = (e.get("quality") or {}).get(METRIC)
         f = e.get("file")
         mb = f"{files[f]['bytes'] / 1e6:.1f}" if f and f in files else "-"
         rel = e.get("relative_loss")
         rows.append((name, e.get("status", "?"), f or "-", mb, f"{q:.4f}" if q is not None else "-",
-                     "-" if rel is None or name == "fp32" else f"{-rel:+.2%}", e.get("device", "")))
+                     "-" if rel is None or name == "fp32" else f"{-rel:+.3%}", e.get("device", "")))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -434,9 +440,16 @@ def format_table(manifest: dict[str, Any]) -> str:
 
 
 def report(stage_dir: Path) -> str:
+    try:
+        return _report(Path(stage_dir))
+    except Exception as exc:  # a report never breaks `eft run`
+        return f"export: no report ({type(exc).__name__}: {exc})"
+
+
+def _report(stage_dir: Path) -> str:
     from eft.serving.manifest import MODEL_MANIFEST
 
-    p = Path(stage_dir) / MODEL_MANIFEST
+    p = stage_dir / MODEL_MANIFEST
     if not p.is_file():
         return ""
     m = read_json(p)
@@ -447,7 +460,7 @@ def report(stage_dir: Path) -> str:
             f"({(m.get('onnx') or {}).get('exporter', '-')}), fp32 vs PyTorch min cosine "
             f"{(m.get('validation') or {}).get('min_cosine', '-')}")
     lines = [head, format_table(m)]
-    for name, e in (m.get("variants") or {}).items():
+    for name, e in sorted((m.get("variants") or {}).items()):
         if e.get("reason"):
             lines.append(f"  {name}: {e['reason']}")
     trt = m.get("tensorrt") or {}

@@ -36,7 +36,6 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +89,11 @@ def _fail(msg: str) -> StageFailed:
 
 
 def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
+    with contextlib.ExitStack() as scope:  # process-wide settings changed for the run are restored on exit
+        return _train(ctx, opts, scope)
+
+
+def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -> StageResult:
     import torch
 
     from eft import metrics
@@ -123,6 +127,8 @@ def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
 
     info = tl.setup_distributed(pick_device())
     device = info.device
+    workers = tl.tokenizer_workers(device)
+    scope.enter_context(tl.tokenizer_parallelism(device, workers))
     tl.seed_everything(tr.seed)
     ctx.progress(f"{len(rows)} rows, {len({r.qid for r in rows})} questions, {n_neg} hard negatives per row"
                  f"{f' ({padded} padded)' if padded else ''}; device {device}, world size {info.world_size}")
@@ -159,11 +165,12 @@ def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
     if ck is not None:
         choice = tl.BatchSizeChoice(**ck["batch_choice"])
     else:
-        qlens = [len(x) for x in model.tokenizer([bm.query_prefix + r.query for r in rows[:2000]])["input_ids"]]
+        qlen = bm.max_seq_length
+        if tr.batch_size == "auto" and device.startswith("cuda"):  # probe queries at their real length
+            qlen = min(qlen, max(len(x) for x in model.tokenizer([bm.query_prefix + r.query for r in rows[:2000]])["input_ids"]))
         try:
             choice = tl.choose_batch_size(tr.batch_size, model, max_rows=per_rank_rows, n_neg=n_neg,
-                                          max_len=bm.max_seq_length, query_len=min(max(qlens), bm.max_seq_length),
-                                          cfg=cfg, info=info)
+                                          max_len=bm.max_seq_length, query_len=qlen, cfg=cfg, info=info)
         except RuntimeError as exc:
             raise _fail(str(exc)) from None
         tl.seed_everything(tr.seed)  # the probe consumed random numbers (dropout)
@@ -243,86 +250,75 @@ def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
 
     # SIGTERM (pod eviction, Ctrl-C of a runner) -> checkpoint at the next step boundary, then stop.
     terminated = threading.Event()
-    old_handler = None
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+        scope.callback(signal.signal, signal.SIGTERM, old_handler)
 
     model.train()
     last_ckpt_time = time.monotonic()
     last_report = time.monotonic()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eft-tokenize")
-    try:
-        done = state.step >= total_steps
-        for epoch in range(state.epoch, tr.epochs):
-            if done:
-                break
-            batches = sampler.batches(epoch)
-            nb = len(batches)
+    done = state.step >= total_steps
+    for epoch in range(state.epoch, tr.epochs):
+        if done:
+            break
+        batches = sampler.batches(epoch)
+        nb = len(batches)
+        group_loss, group_n = 0.0, 0
+        t_step = time.perf_counter()
+        first = state.micro if epoch == state.epoch else 0
+
+        def prepare(i: int, batches=batches):
+            return _make_batch(rows, batches[i], bm.query_prefix, bm.passage_prefix, qindex, pindex)
+
+        stream = tl.batch_stream(prepare, model, first, nb, workers)
+        for mi, batch in zip(range(first, nb), stream):
+            idx = batches[mi]
+            group_start = (mi // accum) * accum
+            k = min(accum, nb - group_start)
+            loss = tl.batch_loss(model, batch, cfg, info)
+            (loss / k).backward()
+            group_loss += float(loss.detach())
+            group_n += 1
+            state.rows_seen += len(idx) * info.world_size
+            if mi + 1 - group_start < k:
+                continue
+            tl.allreduce_gradients(params, info)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.micro = mi + 1
+            step_loss = tl.allreduce_mean(group_loss / group_n, info)
             group_loss, group_n = 0.0, 0
-            t_step = time.perf_counter()
-            first = state.micro if epoch == state.epoch else 0
-
-            def prepare(i: int):
-                return _make_batch(rows, batches[i], bm.query_prefix, bm.passage_prefix, qindex, pindex).tokenize(model)
-
-            ahead = pool.submit(prepare, first) if first < nb else None
-            for mi in range(first, nb):
-                idx = batches[mi]
-                batch = ahead.result()
-                ahead = pool.submit(prepare, mi + 1) if mi + 1 < nb else None
-                group_start = (mi // accum) * accum
-                k = min(accum, nb - group_start)
-                loss = tl.batch_loss(model, batch, cfg, info)
-                (loss / k).backward()
-                group_loss += float(loss.detach())
-                group_n += 1
-                state.rows_seen += len(idx) * info.world_size
-                if mi + 1 - group_start < k:
-                    continue
-                tl.allreduce_gradients(params, info)
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                lr = scheduler.get_last_lr()[0]
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.micro = mi + 1
-                step_loss = tl.allreduce_mean(group_loss / group_n, info)
-                group_loss, group_n = 0.0, 0
-                now = time.perf_counter()
-                state.train_seconds += now - t_step
-                t_step = now
-                state.curve.append({"step": state.step, "epoch": round(epoch + (mi + 1) / nb, 4),
-                                    "loss": round(step_loss, 6), "lr": lr, "val_loss": "", "val_ndcg@10": ""})
-                if time.monotonic() - last_report > 30 or state.step == total_steps:
-                    last_report = time.monotonic()
-                    ctx.progress(f"step {state.step}/{total_steps} epoch {epoch + 1}/{tr.epochs} loss {step_loss:.4f} "
-                                 f"lr {lr:.2e} {state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
-                if state.step >= total_steps:
-                    done = True
-                    break
-                stop_now = opts.stop_after_steps is not None and state.step >= opts.stop_after_steps
-                if (terminated.is_set() or state.step % opts.checkpoint_steps == 0
-                        or time.monotonic() - last_ckpt_time > opts.checkpoint_seconds):
-                    save_checkpoint()
-                    last_ckpt_time = time.monotonic()
-                    t_step = time.perf_counter()
-                    if terminated.is_set():
-                        raise tl.TrainingInterrupted(f"terminated by signal; checkpoint saved at step {state.step}")
-                if stop_now:
-                    raise tl.TrainingInterrupted(f"stopped after step {state.step} (EFT_TRAIN_STOP_AFTER_STEPS)")
-            if ahead is not None:  # stopped early (maxSteps): validation must not share the tokenizer with it
-                ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    ahead.result()
-            validate(epoch + 1)
-            state.epoch, state.micro = epoch + 1, 0
-            save_checkpoint()
-            last_ckpt_time = time.monotonic()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+            now = time.perf_counter()
+            state.train_seconds += now - t_step
+            t_step = now
+            state.curve.append({"step": state.step, "epoch": round(epoch + (mi + 1) / nb, 4),
+                                "loss": round(step_loss, 6), "lr": lr, "val_loss": "", "val_ndcg@10": ""})
+            if time.monotonic() - last_report > 30 or state.step == total_steps:
+                last_report = time.monotonic()
+                ctx.progress(f"step {state.step}/{total_steps} epoch {epoch + 1}/{tr.epochs} loss {step_loss:.4f} "
+                             f"lr {lr:.2e} {state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
+            if state.step >= total_steps:
+                done = True
+                break
+            stop_now = opts.stop_after_steps is not None and state.step >= opts.stop_after_steps
+            if (terminated.is_set() or state.step % opts.checkpoint_steps == 0
+                    or time.monotonic() - last_ckpt_time > opts.checkpoint_seconds):
+                save_checkpoint()
+                last_ckpt_time = time.monotonic()
+                t_step = time.perf_counter()
+                if terminated.is_set():
+                    raise tl.TrainingInterrupted(f"terminated by signal; checkpoint saved at step {state.step}")
+            if stop_now:
+                raise tl.TrainingInterrupted(f"stopped after step {state.step} (EFT_TRAIN_STOP_AFTER_STEPS)")
+        stream.close()  # stopped early (maxSteps): no tokenization may still run during validation
+        validate(epoch + 1)
+        state.epoch, state.micro = epoch + 1, 0
+        save_checkpoint()
+        last_ckpt_time = time.monotonic()
 
     epochs_run = state.epoch
     if not info.is_main:
@@ -365,6 +361,7 @@ def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
         "globalBatchSize": bs * info.world_size,
         "gradientAccumulation": accum,
         "gradientCheckpointing": grad_ckpt,
+        "tokenizerWorkers": workers,
         "negativesPerRow": n_neg,
         "negativesPadded": padded,
         "inBatchNegatives": tr.in_batch_negatives,

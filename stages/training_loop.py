@@ -27,6 +27,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,7 +71,9 @@ def setup_distributed(device: str) -> DistInfo:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        # Ranks other than 0 wait at a barrier while rank 0 validates (a corpus encode): allow for it.
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                timeout=timedelta(minutes=60))
     return DistInfo(world, rank, local, device)
 
 
@@ -333,6 +336,82 @@ def batch_loss(model, batch: BatchTensors, cfg: LossConfig, info: DistInfo) -> t
     if not cfg.in_batch:
         mask |= own_columns_mask(n, cfg.n_neg, p_all.shape[0], offset, device)
     return contrastive_loss(q, p_all, labels, mask, cfg.scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# feeding batches
+
+
+def tokenizer_workers(device: str) -> int:
+    """Processes that tokenize batches ahead of the accelerator (EFT_TRAIN_WORKERS overrides).
+
+    On a GPU the tokenizer, not the model, bounds a small encoder's throughput (measured on an H200 VM:
+    ~600 ms to tokenize 640 passages of 256 tokens on one core vs 76 ms for their bf16 forward and
+    backward), so up to 8 worker processes tokenize whole batches in parallel. On CPU the model needs
+    the cores: one background thread tokenizes the next batch instead (0 workers).
+    """
+    env = os.environ.get("EFT_TRAIN_WORKERS")
+    if env not in (None, ""):
+        return max(0, int(env))
+    if not device.startswith("cuda"):
+        return 0
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 2))
+
+
+@contextlib.contextmanager
+def tokenizer_parallelism(device: str, workers: int):
+    """Rust tokenizer threads: off in worker processes (parallelism comes from the processes and forking
+    after threaded use makes the library warn), on when the main process tokenizes on a GPU machine."""
+    key = "TOKENIZERS_PARALLELISM"
+    old = os.environ.get(key)
+    os.environ[key] = "false" if workers > 0 or not device.startswith("cuda") else "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+class _BatchSet(torch.utils.data.Dataset):
+    def __init__(self, make: Callable[[int], BatchTensors], model):
+        self.make, self.model = make, model
+
+    def __getitem__(self, i: int) -> BatchTensors:
+        return self.make(i).tokenize(self.model)
+
+
+def batch_stream(make: Callable[[int], BatchTensors], model, first: int, end: int, workers: int):
+    """Yield ``make(i).tokenize(model)`` for i in [first, end), prepared ahead of use: by ``workers`` forked
+    processes (a DataLoader; batches arrive in order) or, with 0 workers, by one background thread one
+    batch ahead (the Rust tokenizer releases the GIL). Close the generator before using the tokenizer
+    elsewhere (validation): closing waits for the background thread."""
+    if first >= end:
+        return
+    if workers > 0:
+        import multiprocessing as mp
+
+        loader = torch.utils.data.DataLoader(
+            _BatchSet(make, model), batch_size=None, sampler=range(first, end), num_workers=workers,
+            prefetch_factor=2, multiprocessing_context=mp.get_context("fork"), collate_fn=lambda b: b,
+            generator=torch.Generator())  # its own seed source: the global RNG (dropout) stays as on CPU
+        yield from loader
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eft-tokenize") as pool:
+        ahead = pool.submit(lambda i: make(i).tokenize(model), first)
+        for i in range(first, end):
+            batch = ahead.result()
+            ahead = pool.submit(lambda j: make(j).tokenize(model), i + 1) if i + 1 < end else None
+            yield batch
+            if ahead is None:
+                break
 
 
 # --------------------------------------------------------------------------------------------------

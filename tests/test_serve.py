@@ -368,6 +368,20 @@ def test_ready_only_after_load_and_warmup(fp32):
         s.stop()
 
 
+def test_shutdown_while_loading_does_not_hang(fp32):
+    gate = threading.Event()
+
+    def loader():
+        gate.wait(30)
+        return fp32
+
+    s = ServerThread(create_app(ServerConfig(), loader)).start(ready=False)
+    t0 = time.monotonic()
+    s.stop(timeout=20)
+    assert not s.thread.is_alive() and time.monotonic() - t0 < 10
+    gate.set()
+
+
 def test_graceful_shutdown_drains_in_flight(fp32):
     s = ServerThread(create_app(ServerConfig(max_wait_ms=0, max_batch_size=1), _Flaky(fp32, delay=0.4))).start()
     results: list[int] = []
@@ -442,7 +456,8 @@ def test_damaged_model_file_refused_at_start(export_dir, tmp_path, damage):
     assert "Traceback" not in p.stderr
     line = p.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ")
-    assert {"tampered": "does not match its sha256", "truncated": "is truncated", "missing": "is missing"}[damage] in line
+    want = {"tampered": "does not match its sha256", "truncated": "is truncated", "missing": "is missing"}[damage]
+    assert want in line
     assert "refusing" in line or damage == "missing"
 
 

@@ -46,6 +46,7 @@ class ServerConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 2.0
     max_queue: int = 8192
+    max_padding: float = 0.25  # start a new forward pass rather than pad more than this fraction
     query_prefix: str | None = None  # override the model's
     passage_prefix: str | None = None
     warmup: bool = True
@@ -232,13 +233,15 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
                 t0 = time.perf_counter()
                 warm_up(backend, cfg.max_batch_size)
                 log.info("warm-up done in %.2fs", time.perf_counter() - t0)
+            if state.status != "loading":  # shut down while loading: nothing to serve any more
+                backend.close()
+                return
             batcher = DynamicBatcher(backend, cfg.max_batch_tokens, cfg.max_batch_size, cfg.max_wait_ms,
-                                     cfg.max_queue, metrics)
+                                     cfg.max_queue, metrics, max_padding=cfg.max_padding)
             batcher.start()
             state.backend, state.batcher = backend, batcher
-            if state.status == "loading":
-                state.status = "ready"
-                metrics.ready.set(1)
+            state.status = "ready"
+            metrics.ready.set(1)
             log.info("ready: serving %s as '%s' (dim %d, max %d tokens)", backend.describe(), state.name,
                      backend.info.dimension, limit)
         except Exception as exc:  # reported, then the CLI exits non-zero
@@ -259,7 +262,7 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         if state.status != "failed":
             state.status = "draining"
         metrics.ready.set(0)
-        await asyncio.to_thread(state.loaded.wait, 600)
+        # In-flight requests are done (uvicorn waited for them); finish what is queued, then stop.
         if state.batcher is not None:
             await asyncio.to_thread(state.batcher.stop)
         if state.backend is not None:
@@ -272,8 +275,8 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        msg = {404: f"Unknown path {request.url.path}", 405: f"Method {request.method} not allowed on {request.url.path}"
-               }.get(exc.status_code, str(exc.detail))
+        msg = {404: f"Unknown path {request.url.path}",
+               405: f"Method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
         return api_error_response(ApiError(exc.status_code, msg))
 
     @app.exception_handler(RequestValidationError)
@@ -340,6 +343,11 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
             status = 200
         except ApiError as e:
             resp, status = api_error_response(e), e.status
+            metrics.errors.labels(e.code).inc()
+        except Exception:  # a backend failure: the client gets an OpenAI-shaped 500, the log the traceback
+            log.exception("embedding request failed")
+            e = ApiError(500, "internal server error while computing embeddings", code="inference_error")
+            resp, status = api_error_response(e), 500
             metrics.errors.labels(e.code).inc()
         metrics.requests.labels(str(status)).inc()
         metrics.request_latency.labels(str(status)).observe(time.perf_counter() - t0)

@@ -154,7 +154,7 @@ def ort_providers(device: str) -> list[Any]:
 
     avail = set(ort.get_available_providers())
     if device == "auto":
-        device = "cuda" if "CUDAExecutionProvider" in avail else "cpu"
+        device = "cuda" if "CUDAExecutionProvider" in avail and gpu_present() else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -167,6 +167,13 @@ def ort_providers(device: str) -> list[Any]:
             raise ModelRefused("--device tensorrt: this onnxruntime has no TensorrtExecutionProvider")
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     raise ModelRefused(f"unknown device {device!r}; choose cpu, cuda, tensorrt or auto")
+
+
+def gpu_present() -> bool:
+    """An NVIDIA device node is visible (onnxruntime-gpu lists its CUDA provider even on CPU-only nodes)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _trt_options(max_batch: int, max_len: int, fp16: bool, cache_dir: str, names: list[str]) -> dict[str, Any]:
@@ -234,6 +241,14 @@ class OnnxBackend(Backend):
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelRefused(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        if self.device != "cpu" and self.session.get_providers()[0] == "CPUExecutionProvider":
+            if device != "auto":
+                raise ModelRefused(f"--device {device}: onnxruntime could not start its "
+                                   f"{providers[0] if isinstance(providers[0], str) else 'TensorRT'} provider "
+                                   "(no usable GPU?) — use --device cpu")
+            log.warning("the CUDA provider did not start; serving on CPU")
+            self.__init__(model_dir, variant, "cpu", threads, m, model_name, spinning, max_batch, allow_rejected)
+            return
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._int32 = {i.name for i in self.session.get_inputs() if i.type == "tensor(int32)"}
         self.output_name = self.session.get_outputs()[0].name
@@ -329,9 +344,8 @@ class TorchBackend(Backend):
 
         spec = BaseModelSpec()
         if manifest:
-            spec = BaseModelSpec(max_seq_length=int(manifest["max_seq_length"]),
-                                 pooling=manifest.get("pooling") if manifest.get("pooling") in ("mean", "cls", "lasttoken")
-                                 else "mean")
+            pooling = manifest.get("pooling") if manifest.get("pooling") in ("mean", "cls", "lasttoken") else "mean"
+            spec = BaseModelSpec(max_seq_length=int(manifest["max_seq_length"]), pooling=pooling)
         try:
             st = load_sentence_model(spec, path=str(st_dir), device=device)
         except Exception as exc:

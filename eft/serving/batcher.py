@@ -3,7 +3,9 @@
 Requests (already tokenized) are split into one item per text and put on a queue. One worker thread
 takes whatever is queued (waiting at most `max_wait_ms` for more once it has something), sorts the
 items by length so that each forward pass pads little, cuts them into batches of at most
-`max_batch_size` texts and `max_batch_tokens` padded tokens, runs the backend and scatters each row
+`max_batch_size` texts and `max_batch_tokens` padded tokens — starting a new batch rather than let
+padding exceed `max_padding` of the real tokens (padding is pure waste: a batch of one 250-token text
+and seven 12-token texts costs as much as eight 250-token texts) — runs the backend and scatters each row
 back to its request's slot. A request's future resolves, on its own event loop, when its last row is
 in: callers get their rows in their input order however the texts were grouped.
 """
@@ -56,13 +58,14 @@ def _fail(req: _Request, exc: BaseException) -> None:
 
 class DynamicBatcher:
     def __init__(self, backend: Any, max_batch_tokens: int = 16384, max_batch_size: int = 64,
-                 max_wait_ms: float = 2.0, max_queue: int = 8192, metrics: Any = None):
+                 max_wait_ms: float = 2.0, max_queue: int = 8192, metrics: Any = None, max_padding: float = 0.25):
         self.backend = backend
         self.dim = int(backend.info.dimension)
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue = int(max_queue)
+        self.max_padding = max(0.0, float(max_padding))
         self.metrics = metrics
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -159,12 +162,16 @@ class DynamicBatcher:
             self._done(len(items) - len(live))
         live.sort(key=lambda it: len(it[2]))
         batch: list[tuple[_Request, int, Sequence[int]]] = []
+        real = 0
         for it in live:
-            width = len(it[2])  # ascending: the newcomer is the longest
-            if batch and ((len(batch) + 1) * width > self.max_batch_tokens or len(batch) >= self.max_batch_size):
+            width = len(it[2])  # ascending: the newcomer is the longest, the batch's padded width
+            padded = (len(batch) + 1) * width
+            if batch and (padded > self.max_batch_tokens or len(batch) >= self.max_batch_size
+                          or padded > (1.0 + self.max_padding) * (real + width)):
                 self._forward(batch)
-                batch = []
+                batch, real = [], 0
             batch.append(it)
+            real += width
         if batch:
             self._forward(batch)
 

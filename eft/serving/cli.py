@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a forward pass waits for more texts")
+    p.add_argument("--max-padding", type=float, default=0.25,
+                   help="start a new forward pass rather than pad more than this fraction of the real tokens")
     p.add_argument("--max-queue", type=int, default=8192, help="queued texts before 503 overloaded")
     p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests")
     p.add_argument("--allow-rejected-variant", action="store_true",
@@ -76,12 +78,17 @@ def preflight(args: argparse.Namespace) -> str:
             if args.device == "auto":
                 import onnxruntime as ort
 
-                dev = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+                from eft.serving.backends import gpu_present
+
+                dev = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and gpu_present() else "cpu"
             choose_variant(m, args.variant, dev, allow_rejected=args.allow_rejected_variant)
         if backend == "torch":
             src = source_model_dir(d, m)
-            if src is not None and src.is_dir():
-                verify_files(src, (m.get("source") or {}).get("files") or {}, what="source model file")
+            if src is None or not src.is_dir():
+                raise ModelRefused(f"{d}: the torch backend needs the export's source sentence-transformers model "
+                                   f"({(m.get('source') or {}).get('path')}), which is missing; use --backend onnx "
+                                   "or pass a sentence-transformers folder")
+            verify_files(src, (m.get("source") or {}).get("files") or {}, what="source model file")
     return backend
 
 
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                             datefmt="%H:%M:%S")
     logging.getLogger("eft").setLevel(args.log_level.upper())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The torch backend: OpenMP threads that spin-wait starve the event loop and the tokenizer on shared cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         backend_kind = preflight(args)
     except ModelRefused as exc:
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.served_model_name, max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
         on_too_long=args.on_too_long, max_request_bytes=args.max_request_bytes,
         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue, query_prefix=args.query_prefix, passage_prefix=args.passage_prefix)
+        max_queue=args.max_queue, max_padding=args.max_padding, query_prefix=args.query_prefix,
+        passage_prefix=args.passage_prefix)
 
     def loader():
         return load_backend(Path(args.model), backend=backend_kind, variant=args.variant, device=args.device,

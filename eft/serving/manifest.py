@@ -45,8 +45,8 @@ def load_manifest(model_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelRefused(f"{p}: unreadable manifest ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ModelRefused(f"{p}: not an eft export manifest (format {m.get('format') if isinstance(m, dict) else None!r}, "
-                           f"expected {FORMAT!r})")
+        got = m.get("format") if isinstance(m, dict) else None
+        raise ModelRefused(f"{p}: not an eft export manifest (format {got!r}, expected {FORMAT!r})")
     for key in ("files", "dimension", "max_seq_length", "variants"):
         if key not in m:
             raise ModelRefused(f"{p}: manifest lacks {key!r}")

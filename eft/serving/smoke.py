@@ -79,6 +79,23 @@ def _tail(path: Path, n: int = 3) -> str:
 
 def smoke_check(model_dir: Path | str, extra_args: Sequence[str] = (), timeout: float = 180.0) -> str:
     """Start, one embedding via the `openai` client, stop. Never raises: failures come back as the line."""
+    import logging
+
+    import openai
+
+    # The OpenAI client's HTTP library logs every request at INFO: not news in a one-line check.
+    quiet = [logging.getLogger(n) for n in ("httpx", "httpx2", "httpcore", "openai")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        return _smoke_check(model_dir, extra_args, timeout)
+    finally:
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
+
+
+def _smoke_check(model_dir: Path | str, extra_args: Sequence[str], timeout: float) -> str:
     import openai
 
     port = free_port()

@@ -55,12 +55,12 @@ def mine(
 ) -> list[MinedQuestion]:
     """Mine negatives for each query. positives[i]: corpus row indices of query i's positives;
     excluded[i]: further rows never to use (e.g. exact-text duplicates of a positive)."""
-    import faiss
+    from eft.vector_index import flat_ip_index
 
     q = np.ascontiguousarray(query_emb, dtype=np.float32)
     p = np.ascontiguousarray(passage_emb, dtype=np.float32)
     if index is None:
-        index = faiss.IndexFlatIP(p.shape[1])
+        index = flat_ip_index(p.shape[1])
         index.add(p)
     n_corpus = p.shape[0]
     out: list[MinedQuestion | None] = [None] * len(q)

@@ -75,11 +75,9 @@ def encode(model, texts: list[str], progress, what: str) -> np.ndarray:
 
 def build_index(emb: np.ndarray):
     """Exact inner-product index; on the GPU when faiss has GPU support and a GPU is present."""
-    import faiss
+    from eft.vector_index import flat_ip_index
 
-    index = faiss.IndexFlatIP(emb.shape[1])
-    if pick_device() == "cuda" and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index = flat_ip_index(emb.shape[1], gpu=pick_device() == "cuda")
     index.add(emb)
     return index
 

@@ -8,14 +8,14 @@ import numpy as np
 def dedup_questions(questions: list[dict], embeddings: np.ndarray, threshold: float) -> tuple[list[dict], int]:
     """Keep a question unless its cosine to an already kept one is >= threshold.
 
-    Embeddings must be L2-normalised. faiss holds the kept set so each check is one inner-product search.
+    Embeddings must be L2-normalised. An exact inner-product index holds the kept set so each check is one inner-product search.
     """
-    import faiss
+    from eft.vector_index import flat_ip_index
 
     if not questions:
         return [], 0
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(emb.shape[1])
+    index = flat_ip_index(emb.shape[1])
     kept: list[dict] = []
     dropped = 0
     for q, v in zip(questions, emb):

@@ -17,7 +17,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "filelock", "faiss.loader"):
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "filelock", "faiss.loader", "beir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Never reach for the Hugging Face hub unless the user opted in: the bundled model is local.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

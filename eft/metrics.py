@@ -4,7 +4,7 @@ Shared by the train stage (validation nDCG@10 on the dev split) and the evaluate
 
 - Documents are embedded as ``passage_prefix + eft.textutil.passage_text(row)`` (title + " " + text),
   queries as ``query_prefix + text``; embeddings are L2-normalised, so inner product = cosine.
-- Search is exact (no index approximation): a chunked matrix product and ``torch.topk``.
+- Search is exact (no index approximation): eft.vector_index's flat inner-product index.
 - Scores come from beir's ``EvaluateRetrieval.evaluate`` (pytrec_eval: nDCG with linear gains, MAP@k
   as map_cut, Recall@k, P@k); names are returned lower-case as the gate spells them: ``ndcg@10``,
   ``map@10``, ``recall@10``, ``precision@10``.
@@ -131,23 +131,18 @@ def encode(model, texts: list[str], prefix: str = "", batch_size: int | None = N
     return np.asarray(emb, dtype=np.float32)
 
 
-def search(query_emb: np.ndarray, corpus_emb: np.ndarray, top_k: int, chunk: int = 1024
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k: (scores, indices), each [n_queries, min(top_k, n_docs)], best first."""
-    import torch
+def search(query_emb: np.ndarray, corpus_emb: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k (eft.vector_index: faiss, or numpy without it): (scores, indices), each
+    [n_queries, min(top_k, n_docs)], best first."""
+    from eft.vector_index import flat_ip_index
 
     k = min(top_k, corpus_emb.shape[0])
-    c = torch.from_numpy(np.ascontiguousarray(corpus_emb))
-    scores, idx = [], []
-    for s in range(0, query_emb.shape[0], chunk):
-        q = torch.from_numpy(np.ascontiguousarray(query_emb[s : s + chunk]))
-        sim = q @ c.T
-        v, i = torch.topk(sim, k, dim=1)
-        scores.append(v.numpy())
-        idx.append(i.numpy())
-    if not scores:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(scores), np.concatenate(idx)
+    if len(query_emb) == 0 or k == 0:
+        return np.zeros((len(query_emb), k), np.float32), np.zeros((len(query_emb), k), np.int64)
+    index = flat_ip_index(corpus_emb.shape[1])
+    index.add(np.ascontiguousarray(corpus_emb, dtype=np.float32))
+    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+    return np.asarray(scores), np.asarray(idx, dtype=np.int64)
 
 
 @dataclass

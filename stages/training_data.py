@@ -124,16 +124,19 @@ class QidBatchSampler:
     more than n_batches, so they land in distinct batches, and batch sizes differ by at most one. Every
     row is used once per epoch, except that a question with more rows than the epoch has batches (e.g. a
     broad NFCorpus query with 1,363 relevant documents at batch size 256) contributes a random subset of
-    that many rows, drawn anew each epoch: it cannot appear in a batch twice.
+    that many rows, drawn anew each epoch: it cannot appear in a batch twice. ``max_per_qid`` lowers that
+    cap further (balances training over questions when a few have hundreds of positives).
 
     With ``world_size`` > 1 the batches are global batches of exactly ``batch_size * world_size`` rows (the
     remainder of the epoch is left out) and rank r gets the r-th slice of each, so that every rank runs
     the same number of steps with the same shapes.
     """
 
-    def __init__(self, qids: list[str], batch_size: int, seed: int = 42, world_size: int = 1, rank: int = 0):
+    def __init__(self, qids: list[str], batch_size: int, seed: int = 42, world_size: int = 1, rank: int = 0,
+                 max_per_qid: int | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        self.max_per_qid = max_per_qid
         self.qids = list(qids)
         self.batch_size = batch_size
         self.seed = seed
@@ -153,6 +156,8 @@ class QidBatchSampler:
         size = self.batch_size * self.world_size
         sizes = [len(g) for g in self._groups.values()]
         cap = max(1, -(-len(self.qids) // size))
+        if self.max_per_qid:
+            cap = min(cap, self.max_per_qid)
         while True:
             used = sum(min(n, cap) for n in sizes)
             nb = -(-used // size) if self.world_size == 1 else used // size

@@ -199,7 +199,8 @@ def contrastive_loss(q: torch.Tensor, p: torch.Tensor, labels: torch.Tensor, mas
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised by the test hook that simulates a killed run (EFT_TRAIN_STOP_AFTER_STEPS)."""
+    """Training stopped early: on SIGTERM (after saving a checkpoint) or by the test hook that simulates a
+    killed run (EFT_TRAIN_STOP_AFTER_STEPS). A re-run resumes from the last checkpoint."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -67,7 +67,7 @@ def test_search_is_exact_top_k():
     rng = np.random.default_rng(0)
     c = rng.normal(size=(500, 16)).astype(np.float32)
     q = rng.normal(size=(7, 16)).astype(np.float32)
-    scores, idx = metrics.search(q, c, 10, chunk=3)
+    scores, idx = metrics.search(q, c, 10)
     truth = np.argsort(-(q @ c.T), axis=1)[:, :10]
     assert (idx == truth).all()
     assert np.allclose(scores, np.take_along_axis(q @ c.T, truth, 1), atol=1e-5)

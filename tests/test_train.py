@@ -233,6 +233,19 @@ def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path, m
     assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
 
 
+def test_gradient_checkpointing_still_trains():
+    from eft.models import load_sentence_model
+    from eft.stages.training_loop import enable_gradient_checkpointing
+
+    model = load_sentence_model(device="cpu")
+    assert enable_gradient_checkpointing(model)
+    model.train()
+    out = model(model.preprocess(["what is the zorblat of unit 1?", "The glimmeric of unit 1 is 47."]))
+    out["sentence_embedding"].sum().backward()
+    layers = [p for n, p in model.named_parameters() if ".encoder.layer." in n]
+    assert layers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers)
+
+
 def test_bad_input_fails_with_one_line(tmp_path):
     efr = make_spec()
     ws = Workspace(tmp_path / "empty")

@@ -124,3 +124,12 @@ def test_cli_validate_exit_codes(tmp_path):
     assert no.returncode == 1
     assert "spec.training.epochs" in no.stderr and "spec.training.lr: unknown field" in no.stderr
     assert "Traceback" not in no.stderr
+
+
+def test_reference_doc_is_current():
+    from eft.reference import main, rows
+    from eft.spec import EmbeddingFinetuneSpec
+
+    paths = [r[0] for r in rows(EmbeddingFinetuneSpec)]
+    assert "spec.sdg.openai.baseURL" in paths and "spec.training.batchSize" in paths
+    assert main(["--check"]) == 0, "docs/reference.md is stale: python -m eft.reference --write"

@@ -92,6 +92,21 @@ class StageContext:
         return self.workspace.manifest(stage) or {}
 
 
+def read_stage_jsonl(path: Path, stage: str) -> list[dict]:
+    """Rows of a jsonl file written by an upstream stage; a bad line fails `stage` with its line number."""
+    import json
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise StageFailed(stage, f"{path} line {i} is not JSON: {exc.msg}") from None
+    return rows
+
+
 def load_stage_module(name: str):
     return importlib.import_module(STAGE_DEFS[name].module)
 

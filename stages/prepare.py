@@ -14,24 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from eft.models import load_sentence_model, pick_device
-from eft.pipeline import StageContext, StageFailed
+from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
 from eft.stages.mining import mine
 from eft.textutil import content_id, passage_text
 from eft.workspace import StageResult, write_json_atomic
 
 SPLITS = ("train", "dev", "test")
-
-
-def read_jsonl(path: Path, stage: str = "prepare") -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise StageFailed(stage, f"{path} line {i} is not JSON: {exc.msg}") from None
-    return rows
 
 
 def split_questions(qids: list[str], validation: float, test: float, seed: int) -> dict[str, list[str]]:
@@ -84,8 +72,8 @@ def build_index(emb: np.ndarray):
 
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec
-    corpus = read_jsonl(ctx.input("ingest") / "corpus.jsonl")
-    questions = read_jsonl(ctx.input("sdg") / "questions.jsonl")
+    corpus = read_stage_jsonl(ctx.input("ingest") / "corpus.jsonl", "prepare")
+    questions = read_stage_jsonl(ctx.input("sdg") / "questions.jsonl", "prepare")
     row_of = {c["_id"]: i for i, c in enumerate(corpus)}
 
     # Questions whose positives are not in the corpus cannot be trained or scored: drop and count them.

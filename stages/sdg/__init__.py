@@ -4,23 +4,10 @@ or the offline pseudo-query generator), judged, filtered and deduplicated → sd
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from eft.models import load_sentence_model
-from eft.pipeline import StageContext, StageFailed
+from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
 from eft.workspace import StageResult, write_json_atomic
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise StageFailed("sdg", f"{path} line {i} is not JSON: {exc.msg}") from None
-    return rows
 
 
 def select_chunks(chunks: list[dict], max_chunks: int | None, seed: int) -> list[dict]:
@@ -35,7 +22,7 @@ def select_chunks(chunks: list[dict], max_chunks: int | None, seed: int) -> list
 
 def run(ctx: StageContext) -> StageResult:
     spec = ctx.spec.sdg
-    chunks = read_jsonl(ctx.input("ingest") / "corpus.jsonl")
+    chunks = read_stage_jsonl(ctx.input("ingest") / "corpus.jsonl", "sdg")
     chunks = select_chunks(chunks, spec.max_chunks, spec.seed)
     ctx.progress(f"{len(chunks)} chunks, backend {spec.backend}")
     model = load_sentence_model(ctx.spec.base_model)  # bundling (openai) and deduplication share it

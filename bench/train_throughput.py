@@ -13,12 +13,8 @@ SentenceTransformerTrainer.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# Run as `python bench/<script>.py`, bench/ is sys.path[0], and bench/operator.py (the operator benchmark)
-# would shadow the standard library's `operator` module: drop the script's folder from the path first.
-sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json

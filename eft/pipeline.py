@@ -178,6 +178,11 @@ def execute_stage(efr: EmbeddingFinetune, ws: Workspace, name: str, progress: Ca
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        # torchrun worker of a multi-GPU stage: rank 0 alone publishes the output.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"stage": name, "status": "worker", "seconds": round(seconds, 3), "counts": result.counts,
+                "summary": result.summary}
     outputs = digest_tree(tmp)
     manifest = {
         "stage": name,

@@ -180,6 +180,10 @@ def test_accepted_by_the_api_server(control_plane, crd_applied, kube_namespace, 
                                  input=json.dumps(doc))
     stored = json.loads(proc.stdout)
     assert stored["metadata"]["namespace"] == kube_namespace
-    # the CRD's structural schema filled in the recipe defaults the file leaves out
-    assert stored["spec"]["mining"]["negatives"] == 4
+    # the CRD's structural schema filled in the recipe defaults the file leaves out, as the spec model does
+    from eft.spec import parse_document
+
+    model = parse_document(doc).spec
+    for block in ("mining", "split"):
+        assert stored["spec"][block] == getattr(model, block).model_dump(mode="json", by_alias=True), block
     assert stored["spec"]["workspace"]["size"]

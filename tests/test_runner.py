@@ -132,3 +132,15 @@ def test_eft_run_cli_prints_summary_table(project):
     assert lines[1].split() == ["stage", "status", "seconds", "counts"] or "stage" in r.stdout
     assert any(l.startswith("ingest") and " ran " in l for l in lines)
     assert any(l.startswith("sdg") and "questions=" in l for l in lines)
+
+
+def test_non_zero_rank_does_not_publish(project, monkeypatch):
+    """Under torchrun every rank runs the stage; only rank 0 publishes the workspace output."""
+    root, spec_path = project
+    ws = Workspace(root / "ranked")
+    monkeypatch.setenv("RANK", "1")
+    m = execute_stage(load_spec(spec_path), ws, "ingest")
+    assert m["status"] == "worker" and not ws.stage_dir("ingest").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert execute_stage(load_spec(spec_path), ws, "ingest")["status"] == "succeeded"
+    assert ws.manifest("ingest") is not None

@@ -11,7 +11,7 @@ Measures
 The operator runs as in the tests: ``eft operator --namespace bench`` as a ServiceAccount bound to exactly
 eft/controller/rbac.py. Needs the control-plane binaries (``python tests/controlplane/build.py``).
 
-    .venv/bin/python bench/operator.py [--count 100] [--json results.json]
+    .venv/bin/python bench/operator_scale.py [--count 100] [--json results.json]
 """
 
 from __future__ import annotations

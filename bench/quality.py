@@ -109,6 +109,7 @@ def build_spec(dataset: Path, mode: str, s: dict):
         "baseModel": {"maxSeqLength": s["max_seq_length"]},
         "mining": {"negatives": s["negatives"]},
         "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"], "temperature": s["temperature"],
+                     "maxRowsPerQuestion": s["max_rows_per_question"] or None,
                      **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})},
         "evaluation": {"datasets": [{"name": dataset.name, "path": str(dataset), "split": "test"}]},
     }
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max-rows-per-question", type=int, help="cap one question's training rows per epoch "
-                    "(EFT_TRAIN_MAX_ROWS_PER_QUESTION); 0 = no cap")
+                    "(training.maxRowsPerQuestion); 0 = no cap")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     args = ap.parse_args(argv)
@@ -197,8 +198,6 @@ def main(argv=None) -> int:
             settings[key] = v
     if settings["max_steps"] == 0:
         settings["max_steps"] = None
-    if settings["max_rows_per_question"]:
-        os.environ["EFT_TRAIN_MAX_ROWS_PER_QUESTION"] = str(settings["max_rows_per_question"])
     root = (args.workspace or Path("eft-workspace") / f"bench-{dataset.name}").resolve()
     dev_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"bench/quality: {dataset.name}, device {dev_name}")

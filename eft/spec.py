@@ -208,6 +208,11 @@ class TrainingSpec(SpecModel):
     gradient_accumulation: int = Field(default=1, ge=1, le=1024)
     gradient_checkpointing: bool = False
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (for smoke runs).")
+    max_rows_per_question: int | None = Field(
+        default=None, ge=1, le=100000,
+        description="Use at most this many (question, positive) rows of one question per epoch, drawn anew each "
+        "epoch; keeps questions with hundreds of positives from dominating training. Unset = all rows.",
+    )
     seed: int = 42
     nodes: int = Field(default=1, ge=1, le=64, description="Pods for distributed training (cluster only).")
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per training pod (cluster only).")

@@ -23,7 +23,7 @@ Outputs: model/ (a sentence-transformers folder; query/passage prefixes saved as
 
 Environment knobs (not part of the spec): EFT_CHECKPOINT_STEPS, EFT_CHECKPOINT_SECONDS,
 EFT_TRAIN_STOP_AFTER_STEPS (test hook: raise after that many steps as if the run were killed),
-EFT_TRAIN_WORKERS (tokenizer processes; default up to 8 on GPU, 0 on CPU), EFT_TRAIN_MAX_ROWS_PER_QUESTION
+EFT_TRAIN_WORKERS (tokenizer processes; default up to 8 on GPU, 0 on CPU)
 (cap one question's rows per epoch; part of the checkpoint fingerprint and recorded in the manifest).
 """
 
@@ -57,7 +57,6 @@ class TrainOptions:
     stop_after_steps: int | None = None
     # Rows (positives) one question contributes per epoch at most, a fresh random subset each epoch.
     # Not in the spec yet: proposed as training.maxRowsPerQuestion (see bench/quality.py for why).
-    max_rows_per_question: int | None = None
 
     @classmethod
     def from_env(cls) -> TrainOptions:
@@ -69,7 +68,6 @@ class TrainOptions:
             checkpoint_steps=max(1, num("EFT_CHECKPOINT_STEPS", 500, int)),
             checkpoint_seconds=num("EFT_CHECKPOINT_SECONDS", 600.0, float),
             stop_after_steps=num("EFT_TRAIN_STOP_AFTER_STEPS", None, int),
-            max_rows_per_question=num("EFT_TRAIN_MAX_ROWS_PER_QUESTION", None, int) or None,
         )
 
 
@@ -84,11 +82,6 @@ class LoopState:
     best_ndcg: float | None = None
     last_validated_epoch: int | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
-
-
-def input_fingerprint(spec) -> str:
-    """Settings outside the spec that change the trained model (so `eft run` retrains when they change)."""
-    return f"maxRowsPerQuestion={TrainOptions.from_env().max_rows_per_question}"
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -161,7 +154,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         "spec": section_hash(spec, ("training", "mining.negatives", "base_model")),
         "rows": sha256_file(train_path),
         "world": info.world_size,
-        "maxRowsPerQuestion": opts.max_rows_per_question,
+        "maxRowsPerQuestion": tr.max_rows_per_question,
     }, sort_keys=True)
     ckpt_path = ctx.work / "checkpoint.pt"
     best_path = ctx.work / "best.pt"
@@ -188,7 +181,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         tl.seed_everything(tr.seed)  # the probe consumed random numbers (dropout)
     bs = choice.batch_size
     sampler = QidBatchSampler([r.qid for r in rows], bs, tr.seed, info.world_size, info.rank,
-                              max_per_qid=opts.max_rows_per_question)
+                              max_per_qid=tr.max_rows_per_question)
     accum = tr.gradient_accumulation
     batches_per_epoch = [len(sampler.batches(e)) for e in range(tr.epochs)]
     if min(batches_per_epoch) == 0:
@@ -375,7 +368,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         "gradientAccumulation": accum,
         "gradientCheckpointing": grad_ckpt,
         "tokenizerWorkers": workers,
-        "maxRowsPerQuestion": opts.max_rows_per_question,
+        "maxRowsPerQuestion": tr.max_rows_per_question,
         "rowsPerEpoch": sum(len(b) for b in sampler.batches(0)) * info.world_size,
         "negativesPerRow": n_neg,
         "negativesPadded": padded,

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from eft.pipeline import StageContext, StageFailed
+from eft.textutil import passage_text
 from eft.workspace import MANIFEST, StageResult, read_json, write_json_atomic
 
 log = logging.getLogger("eft.export")
@@ -55,24 +56,14 @@ def _fail(msg: str) -> StageFailed:
 
 
 def load_test_split(beir_dir: Path) -> tuple[dict, dict, dict]:
-    from beir.datasets.data_loader import GenericDataLoader
+    """The workspace's test split through the same loader the evaluate stage uses."""
+    from eft.metrics import DatasetError, load_beir
 
-    if not (beir_dir / "qrels" / "test.tsv").is_file():
-        raise _fail(f"{beir_dir}/qrels/test.tsv is missing: the export measures quality on the test split")
-    quiet = logging.getLogger("beir")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
     try:
-        corpus, queries, qrels = GenericDataLoader(str(beir_dir)).load(split="test")
-    finally:
-        quiet.setLevel(level)
-    if not queries or not corpus:
-        raise _fail(f"the test split in {beir_dir} is empty")
-    return corpus, queries, qrels
-
-
-def passage_text(doc: dict[str, Any]) -> str:
-    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+        data = load_beir(beir_dir, "test")
+    except DatasetError as exc:
+        raise _fail(f"the export measures quality on the test split: {exc}") from None
+    return data.corpus, data.queries, data.qrels
 
 
 def validation_texts(st: Any, corpus: dict, queries: dict, max_len: int) -> dict[str, list[str]]:
@@ -99,33 +90,17 @@ def validation_texts(st: Any, corpus: dict, queries: dict, max_len: int) -> dict
 
 def measure_quality(backend: Any, corpus: dict, queries: dict, qrels: dict, prefixes: dict[str, str],
                     k_values: tuple[int, ...] = (1, 10)) -> dict[str, float]:
-    """Exact cosine retrieval over the test corpus with `backend`, metrics through BEIR's EvaluateRetrieval."""
-    from beir.retrieval.evaluation import EvaluateRetrieval
+    """Exact cosine retrieval over the test corpus with `backend`; metrics as the evaluate stage computes them."""
+    from eft.metrics import score, search
 
     doc_ids = list(corpus)
     qids = [q for q in queries if q in qrels]
     d_emb = backend.embed_texts([prefixes.get("passage", "") + passage_text(corpus[d]) for d in doc_ids])
     q_emb = backend.embed_texts([prefixes.get("query", "") + queries[q] for q in qids])
-    top = min(max(k_values) + 1, len(doc_ids))
-    results: dict[str, dict[str, float]] = {}
-    for s in range(0, len(qids), 256):
-        scores = q_emb[s : s + 256] @ d_emb.T
-        idx = np.argpartition(-scores, top - 1, axis=1)[:, :top] if top < len(doc_ids) else \
-            np.tile(np.arange(len(doc_ids)), (scores.shape[0], 1))
-        for r, q in enumerate(qids[s : s + 256]):
-            results[q] = {doc_ids[j]: float(scores[r, j]) for j in idx[r]}
-    quiet = logging.getLogger("beir")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        ndcg, _map, recall, _p = EvaluateRetrieval.evaluate({q: qrels[q] for q in qids}, results, list(k_values))
-    finally:
-        quiet.setLevel(level)
-    out: dict[str, float] = {}
-    for k in k_values:
-        out[f"ndcg@{k}"] = round(float(ndcg[f"NDCG@{k}"]), 6)
-        out[f"recall@{k}"] = round(float(recall[f"Recall@{k}"]), 6)
-    return out
+    scores, idx = search(q_emb, d_emb, max(k_values))
+    results = {q: {doc_ids[j]: float(s) for j, s in zip(idx[r], scores[r])} for r, q in enumerate(qids)}
+    metrics = score({q: qrels[q] for q in qids}, results, list(k_values))
+    return {f"{m}@{k}": round(metrics[f"{m}@{k}"], 6) for k in k_values for m in ("ndcg", "recall")}
 
 
 def cap_corpus(corpus: dict, qrels: dict, limit: int = MAX_QUALITY_CORPUS, seed: int = 0) -> tuple[dict, bool]:

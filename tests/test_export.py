@@ -101,7 +101,7 @@ def test_judge():
 def _graded_qrels_from(export_dir: Path, beir: Path) -> None:
     """Test qrels = fp32's own top-10 ranking (graded 10..1): fp32 scores nDCG@10 = 1 by construction and
     any variant that changes a ranking scores below it, so a lossy variant is guaranteed to be lossy."""
-    from eft.stages.export import passage_text
+    from eft.textutil import passage_text
 
     b = load_backend(export_dir, variant="fp32", device="cpu", threads=2)
     corpus = [json.loads(x) for x in (beir / "corpus.jsonl").read_text().splitlines()]
@@ -174,7 +174,7 @@ def test_validation_failure_fails_the_stage(tmp_path, monkeypatch):
 def test_missing_test_split_fails_fast(tmp_path):
     root = fake_workspace(tmp_path / "ws")
     (root / "prepare" / "beir" / "qrels" / "test.tsv").unlink()
-    with pytest.raises(StageFailed, match="test.tsv is missing"):
+    with pytest.raises(StageFailed, match="test split: .*missing qrels/test.tsv"):
         run_export(root)
 
 

@@ -7,17 +7,8 @@ import json
 
 from eft.models import load_sentence_model
 from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
+from eft.stages.sdg.bundles import select_chunks
 from eft.workspace import StageResult, write_json_atomic
-
-
-def select_chunks(chunks: list[dict], max_chunks: int | None, seed: int) -> list[dict]:
-    """A deterministic sample when a cost cap is set (keeping document order inside the sample)."""
-    if not max_chunks or len(chunks) <= max_chunks:
-        return chunks
-    import random
-
-    keep = set(random.Random(seed).sample(range(len(chunks)), max_chunks))
-    return [c for i, c in enumerate(chunks) if i in keep]
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -55,8 +55,8 @@ class TrainOptions:
     checkpoint_steps: int = 500
     checkpoint_seconds: float = 600.0
     stop_after_steps: int | None = None
-    # Rows (positives) one question contributes per epoch at most, a fresh random subset each epoch.
-    # Not in the spec yet: proposed as training.maxRowsPerQuestion (see bench/quality.py for why).
+    # Tokenize distinct texts once (token_cache.py); EFT_TOKEN_CACHE=0 tokenizes per batch instead.
+    token_cache: bool = True
 
     @classmethod
     def from_env(cls) -> TrainOptions:
@@ -68,6 +68,7 @@ class TrainOptions:
             checkpoint_steps=max(1, num("EFT_CHECKPOINT_STEPS", 500, int)),
             checkpoint_seconds=num("EFT_CHECKPOINT_SECONDS", 600.0, float),
             stop_after_steps=num("EFT_TRAIN_STOP_AFTER_STEPS", None, int),
+            token_cache=os.environ.get("EFT_TOKEN_CACHE", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
 
 
@@ -131,12 +132,16 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
 
     info = tl.setup_distributed(pick_device())
     device = info.device
-    workers = tl.tokenizer_workers(device)
-    scope.enter_context(tl.tokenizer_parallelism(device, workers))
     tl.seed_everything(tr.seed)
     ctx.progress(f"{len(rows)} rows, {len({r.qid for r in rows})} questions, {n_neg} hard negatives per row"
                  f"{f' ({padded} padded)' if padded else ''}; device {device}, world size {info.world_size}")
     model = load_sentence_model(bm, device=device)
+    cache, cache_info = (_token_cache(model, rows, bm.query_prefix, bm.passage_prefix) if opts.token_cache
+                         else (None, {"enabled": False, "summary": "off (EFT_TOKEN_CACHE=0)"}))
+    ctx.progress(f"token cache: {cache_info['summary']}")
+    # With every text tokenized ahead, a batch is a numpy gather: no tokenizer processes are needed.
+    workers = 0 if cache is not None else tl.tokenizer_workers(device)
+    scope.enter_context(tl.tokenizer_parallelism(device, workers))
     grad_ckpt = tl.enable_gradient_checkpointing(model) if tr.gradient_checkpointing else False
 
     # Integer ids for the false-negative mask: question index * n_ids + passage index.
@@ -274,7 +279,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         first = state.micro if epoch == state.epoch else 0
 
         def prepare(i: int, batches=batches):
-            return _make_batch(rows, batches[i], bm.query_prefix, bm.passage_prefix, qindex, pindex)
+            return _make_batch(rows, batches[i], bm.query_prefix, bm.passage_prefix, qindex, pindex, cache)
 
         stream = tl.batch_stream(prepare, model, first, nb, workers)
         for mi, batch in zip(range(first, nb), stream):
@@ -368,6 +373,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         "gradientAccumulation": accum,
         "gradientCheckpointing": grad_ckpt,
         "tokenizerWorkers": workers,
+        "tokenCache": {k: v for k, v in cache_info.items() if k != "summary"},
         "maxRowsPerQuestion": tr.max_rows_per_question,
         "rowsPerEpoch": sum(len(b) for b in sampler.batches(0)) * info.world_size,
         "negativesPerRow": n_neg,
@@ -394,19 +400,46 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     return StageResult(counts=counts, details=details, summary=json.dumps(summary, separators=(",", ":")))
 
 
-def _make_batch(rows, idx, qprefix, pprefix, qindex, pindex):
+def _token_cache(model, rows, qprefix: str, pprefix: str):
+    """Tokenize every distinct query and passage once (see token_cache); (cache or None, facts for the manifest)."""
+    from eft.stages.token_cache import build_token_cache
+
+    texts = [qprefix + r.query for r in rows]
+    texts += [pprefix + t for r in rows for t in (r.pos_text, *r.neg_texts)]
+    t0 = time.perf_counter()
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # once, before training: every core may tokenize
+    try:
+        cache = build_token_cache(model, texts)
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+    seconds = round(time.perf_counter() - t0, 2)
+    if cache is None:
+        return None, {"enabled": False, "seconds": seconds,
+                      "summary": f"off (tokenizing per batch; see the log), {seconds}s"}
+    return cache, {"enabled": True, "texts": len(cache), "tokens": cache.tokens, "textSlots": len(texts),
+                   "seconds": seconds,
+                   "summary": f"{len(cache)} distinct texts for {len(texts)} uses, {cache.tokens} tokens, {seconds}s"}
+
+
+def _make_batch(rows, idx, qprefix, pprefix, qindex, pindex, cache=None):
     import torch
 
     from eft.stages.training_loop import BatchTensors
 
     sel = [rows[i] for i in idx]
+    queries = [qprefix + r.query for r in sel]
     passages = [pprefix + r.pos_text for r in sel] + [pprefix + t for r in sel for t in r.neg_texts]
     pids = [pindex[r.pos_id] for r in sel] + [pindex[p] for r in sel for p in r.neg_ids]
     return BatchTensors(
-        queries=[qprefix + r.query for r in sel],
+        queries=queries,
         passages=passages,
         row_q=torch.tensor([qindex[r.qid] for r in sel], dtype=torch.long),
         pids=torch.tensor(pids, dtype=torch.long),
+        features=None if cache is None else (cache.features(queries), cache.features(passages)),
     )
 
 

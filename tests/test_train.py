@@ -219,10 +219,15 @@ def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path, m
     assert ckpt["state"]["step"] == 2  # the kill after step 3 lost step 3 only
 
     monkeypatch.delenv("EFT_TRAIN_STOP_AFTER_STEPS")
-    # The resumed half is fed by a tokenizer worker process (the GPU path) instead of a thread: same batches.
+    # The resumed half tokenizes per batch in a worker process instead of using the token cache that the
+    # first half (and the uninterrupted run) used: the features, hence the losses, must be the same.
+    monkeypatch.setenv("EFT_TOKEN_CACHE", "0")
     monkeypatch.setenv("EFT_TRAIN_WORKERS", "1")
     resumed = execute_stage(efr, ws, "train")
     assert resumed["details"]["tokenizerWorkers"] == 1
+    assert resumed["details"]["tokenCache"] == {"enabled": False}
+    assert full["details"]["tokenCache"]["enabled"] is True
+    assert full["details"]["tokenCache"]["texts"] < full["details"]["tokenCache"]["textSlots"]
     assert resumed["details"]["resumedFromStep"] == 2
     assert resumed["counts"]["steps"] == full["counts"]["steps"]
     assert not (ws.root / ".work" / "train").exists()  # scratch cleared on success

@@ -227,6 +227,14 @@ def main(argv=None) -> int:
         extra = (f"; train: {tc.get('steps')} steps x batch {tc.get('batch_size')}, {tc.get('rows_per_second')} rows/s, "
                  f"best epoch {tc.get('best_epoch')}") if tc else ""
         print(f"  {r['mode']:9s} " + ", ".join(parts) + extra)
+    for r in results:  # one machine-readable line per mode, for sweeps over settings
+        m = (r["metrics"] or {}).get(dataset.name, {})
+        print("RESULT " + json.dumps({
+            "dataset": dataset.name, "mode": r["mode"], "device": dev_name, "settings": settings,
+            "base": m.get("base"), "tuned": m.get("tuned"), "gate": (r["metrics"] or {}).get("gate", {}).get("status"),
+            "failure": r["failure"], "times": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r["times"].items()},
+            "train": r["train"], "tokenCache": r["trainDetails"].get("tokenCache"),
+            "batchSize": r["trainDetails"].get("batchSize")}, sort_keys=True), flush=True)
     return 0 if all(r["metrics"] for r in results) else 1
 
 

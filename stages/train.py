@@ -48,6 +48,7 @@ from eft.workspace import StageResult
 log = logging.getLogger("eft.train")
 
 CURVE_FIELDS = ("step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10")
+GPU_PAD_MULTIPLE = 32  # batch lengths on a GPU: multiples of this (see TokenCache.pad_multiple)
 
 
 @dataclass
@@ -138,6 +139,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     model = load_sentence_model(bm, device=device)
     cache, cache_info = (_token_cache(model, rows, bm.query_prefix, bm.passage_prefix) if opts.token_cache
                          else (None, {"enabled": False, "summary": "off (EFT_TOKEN_CACHE=0)"}))
+    if cache is not None and device.startswith("cuda"):
+        cache.pad_multiple = cache_info["padMultiple"] = GPU_PAD_MULTIPLE
     ctx.progress(f"token cache: {cache_info['summary']}")
     # With every text tokenized ahead, a batch is a numpy gather: no tokenizer processes are needed.
     workers = 0 if cache is not None else tl.tokenizer_workers(device)
@@ -180,7 +183,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
             qlen = min(qlen, max(len(x) for x in model.tokenizer([bm.query_prefix + r.query for r in rows[:2000]])["input_ids"]))
         try:
             choice = tl.choose_batch_size(tr.batch_size, model, max_rows=per_rank_rows, n_neg=n_neg,
-                                          max_len=bm.max_seq_length, query_len=qlen, cfg=cfg, info=info)
+                                          max_len=bm.max_seq_length, query_len=qlen, cfg=cfg, info=info,
+                                          rows_per_epoch=_rows_per_epoch(rows, tr.max_rows_per_question))
         except RuntimeError as exc:
             raise _fail(str(exc)) from None
         tl.seed_everything(tr.seed)  # the probe consumed random numbers (dropout)
@@ -398,6 +402,14 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
 
         dist.destroy_process_group()
     return StageResult(counts=counts, details=details, summary=json.dumps(summary, separators=(",", ":")))
+
+
+def _rows_per_epoch(rows, max_per_question: int | None) -> int:
+    """Rows an epoch uses: every row, or at most ``max_per_question`` of each question's."""
+    from collections import Counter
+
+    per_q = Counter(r.qid for r in rows).values()
+    return sum(min(n, max_per_question) if max_per_question else n for n in per_q)
 
 
 def _token_cache(model, rows, qprefix: str, pprefix: str):

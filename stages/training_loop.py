@@ -435,21 +435,41 @@ class BatchSizeChoice:
 
 CPU_DEFAULT_BATCH = 32
 GPU_PROBE_START = 1024
+# 'auto' never picks a batch so large that an epoch has fewer optimizer steps than this: measured on
+# NFCorpus (H200), the largest batch that fit (1024) left 24 steps for 3 epochs, far too few to learn.
+MIN_STEPS_PER_EPOCH = 50
+MIN_AUTO_BATCH = 8
+
+
+def steps_cap(rows_per_epoch: int, world_size: int = 1) -> int:
+    """The largest power of two (per rank, at least MIN_AUTO_BATCH) that leaves MIN_STEPS_PER_EPOCH steps."""
+    per_rank = max(1, rows_per_epoch // (MIN_STEPS_PER_EPOCH * max(1, world_size)))
+    b = MIN_AUTO_BATCH
+    while b * 2 <= per_rank:
+        b *= 2
+    return b
 
 
 def choose_batch_size(requested: int | str, model, *, max_rows: int, n_neg: int, max_len: int, query_len: int,
-                      cfg: LossConfig, info: DistInfo) -> BatchSizeChoice:
+                      cfg: LossConfig, info: DistInfo, rows_per_epoch: int | None = None) -> BatchSizeChoice:
     """A fixed batch size as given; 'auto': on CPU a modest default, on GPU the largest power of two that
-    runs a forward/backward at full length (halving on out-of-memory) with room left for the optimizer."""
+    runs a forward/backward at full length (halving on out-of-memory) with room left for the optimizer,
+    in the memory that is free now (other processes may share the GPU). Either way no larger than leaves
+    MIN_STEPS_PER_EPOCH optimizer steps per epoch when ``rows_per_epoch`` is known."""
     if requested != "auto":
         return BatchSizeChoice(min(int(requested), max_rows), requested, "spec")
+    limit = min(max_rows, steps_cap(rows_per_epoch, info.world_size)) if rows_per_epoch else max_rows
     if not info.device.startswith("cuda"):
-        return BatchSizeChoice(max(1, min(CPU_DEFAULT_BATCH, max_rows)), "auto", "cpu-default")
+        b = max(1, min(CPU_DEFAULT_BATCH, limit))
+        return BatchSizeChoice(b, "auto", "cpu-default" if b == min(CPU_DEFAULT_BATCH, max_rows) else
+                               f"cpu-default, capped for {MIN_STEPS_PER_EPOCH} steps per epoch")
     start = 1
-    while start < min(GPU_PROBE_START, max_rows):
+    while start < min(GPU_PROBE_START, limit):
         start *= 2
-    start = min(start, GPU_PROBE_START)
-    total = torch.cuda.get_device_properties(torch.device(info.device)).total_memory
+    start = min(start, GPU_PROBE_START, max(1, limit))
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(torch.device(info.device))
+    total = free + torch.cuda.memory_reserved(info.device)  # what this process can have: free + its own cache
     opt_bytes = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     trials = []
     chosen = 0
@@ -487,4 +507,7 @@ def choose_batch_size(requested: int | str, model, *, max_rows: int, n_neg: int,
     if chosen == 0:
         raise RuntimeError(f"not even one training row of {max_len} tokens fits in GPU memory; lower maxSeqLength")
     chosen = allreduce_min(chosen, info)
-    return BatchSizeChoice(min(chosen, max_rows), "auto", "gpu-probe", trials)
+    capped = rows_per_epoch is not None and start < min(GPU_PROBE_START, max_rows) and chosen == start
+    return BatchSizeChoice(min(chosen, max_rows), "auto",
+                           f"gpu-probe, capped for {MIN_STEPS_PER_EPOCH} steps per epoch" if capped else "gpu-probe",
+                           trials)

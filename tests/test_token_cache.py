@@ -88,3 +88,23 @@ def test_cache_steps_aside_when_it_cannot_be_faithful(model):
     assert build_token_cache(LyingModel(), ["a", "b", "c"]) is None
     assert build_token_cache(model, []) is None
     assert build_token_cache(model, texts(50), max_tokens=100) is None  # would be too large
+
+
+def test_length_buckets_pad_with_masked_positions_and_keep_embeddings(model):
+    data = texts(80, seed=5)
+    cache = build_token_cache(model, data)
+    cache.pad_multiple = 8
+    batch = [t for t in data if 3 < len(model.tokenizer(t)["input_ids"]) < 20][:6]
+    exact, bucketed = model.preprocess(batch), cache.features(batch)
+    w, wb = exact["input_ids"].shape[1], bucketed["input_ids"].shape[1]
+    assert wb % 8 == 0 and w <= wb < w + 8
+    assert torch.equal(bucketed["input_ids"][:, :w], exact["input_ids"])
+    assert bucketed["attention_mask"][:, w:].sum() == 0
+    assert (bucketed["input_ids"][:, w:] == model.tokenizer.pad_token_id).all()
+    model.eval()
+    with torch.no_grad():
+        a = model(exact)["sentence_embedding"]
+        b = model(bucketed)["sentence_embedding"]
+    assert torch.allclose(a, b, atol=1e-5)
+    # never wider than the longest cached text (i.e. never past maxSeqLength)
+    assert cache.features([max(data, key=len)])["input_ids"].shape[1] == 32

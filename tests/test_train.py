@@ -350,3 +350,19 @@ def test_cross_rank_gather_matches_one_big_batch(tmp_path):
     dist = torch.load(tmp_path / "dist.pt")
     assert dist["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert torch.allclose(dist["grad"], single["grad"], atol=1e-6), (dist["grad"] - single["grad"]).abs().max()
+
+
+def test_auto_batch_size_leaves_enough_steps_per_epoch():
+    from eft.stages import training_loop as tl
+
+    assert tl.steps_cap(8_500) == 128  # NFCorpus-sized epoch: 8,500 rows // 50 steps = 170 -> 128
+    assert tl.steps_cap(100_000) == 1024  # 2,000 rows per step at most -> 1,024
+    assert tl.steps_cap(100) == tl.MIN_AUTO_BATCH  # tiny sets still get a useful batch
+    assert tl.steps_cap(8_500, world_size=4) == 32  # per rank
+    info = tl.DistInfo(device="cpu")
+    cfg = tl.LossConfig(scale=50.0, n_neg=1, in_batch=True, known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
+    kw = dict(n_neg=1, max_len=16, query_len=8, cfg=cfg, info=info)
+    assert tl.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=10_000, **kw).batch_size == 32
+    small = tl.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=600, **kw)
+    assert small.batch_size == 8 and "capped" in small.method
+    assert tl.choose_batch_size(64, None, max_rows=10_000, rows_per_epoch=600, **kw).batch_size == 64  # explicit wins

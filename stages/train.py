@@ -7,7 +7,9 @@ Each query is contrasted with its positive, its ``spec.training_negatives()`` ha
 ``training.inBatchNegatives``) every other passage of the (global) batch, at temperature
 ``training.temperature``. Batches never hold one question twice, and in-batch passages that are known
 positives of a row's question are masked (see stages/training_data.py and stages/training_loop.py).
-AdamW with linear warmup/decay; bf16 autocast on GPU, fp32 on CPU; batchSize 'auto' probes the GPU.
+AdamW with linear warmup/decay; bf16 autocast on GPU, fp32 on CPU; batchSize 'auto' probes the GPU's
+free memory and never leaves fewer than 50 optimizer steps per epoch. Every distinct query and passage
+is tokenized once before the first step (stages/token_cache.py).
 
 Every epoch (and before the first, for the base model) the model is validated on the dev split:
 nDCG@10 and a loss (the dev queries' contrastive loss against the whole dev corpus at the training
@@ -23,8 +25,8 @@ Outputs: model/ (a sentence-transformers folder; query/passage prefixes saved as
 
 Environment knobs (not part of the spec): EFT_CHECKPOINT_STEPS, EFT_CHECKPOINT_SECONDS,
 EFT_TRAIN_STOP_AFTER_STEPS (test hook: raise after that many steps as if the run were killed),
-EFT_TRAIN_WORKERS (tokenizer processes; default up to 8 on GPU, 0 on CPU)
-(cap one question's rows per epoch; part of the checkpoint fingerprint and recorded in the manifest).
+EFT_TOKEN_CACHE=0 (tokenize per batch instead of once), EFT_TRAIN_WORKERS (tokenizer processes when
+tokenizing per batch; default up to 8 on GPU, 0 on CPU).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Why a loop of our own instead of sentence-transformers' SentenceTransformerTrainer (the model itself is a
 plain SentenceTransformer, saved with its own ``save``):
 
-- throughput: one tokenizer call and one forward pass for all passages of a batch (positives and hard
-  negatives together), each padded only to the longest text of that batch, no datasets/Trainer
-  machinery per step (bench/train_throughput.py measures the difference on the same data);
+- throughput: every distinct text is tokenized once for the whole run (token_cache.py) instead of in
+  every batch of every epoch, one forward pass for all passages of a batch (positives and hard negatives
+  together), no datasets/Trainer machinery per step (bench/train_throughput.py measures the difference
+  on the same data, bench/train_step_breakdown.py where a step's time goes);
 - correctness the stock loss does not offer: a sampler that never puts one question twice in a batch
   and a mask that removes in-batch passages that are known positives of the row's question;
 - control over resumption: model, optimizer, scheduler, RNG and data position checkpointed atomically

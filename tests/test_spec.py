@@ -115,6 +115,19 @@ def test_section_hash_tracks_only_named_sections():
     assert section_hash(a, ("training.epochs",)) != section_hash(b, ("training.epochs",))
 
 
+def test_rotating_a_secret_reference_makes_no_stage_out_of_date():
+    a = EmbeddingFinetuneSpec.model_validate({"baseModel": {"hfTokenSecret": {"name": "hf", "key": "token"}},
+                                              "sdg": {"backend": "openai", "openai": {"apiKeySecret": {"name": "k1", "key": "k"}}}})
+    b = EmbeddingFinetuneSpec.model_validate({"baseModel": {"hfTokenSecret": {"name": "hf2", "key": "t2"}},
+                                              "sdg": {"backend": "openai",
+                                                      "openai": {"apiKeySecret": {"name": "k2", "key": "k"}}}})
+    c = EmbeddingFinetuneSpec.model_validate({"baseModel": {"hfTokenSecret": {"name": "hf", "key": "token"},
+                                                            "maxSeqLength": 64},
+                                              "sdg": {"backend": "openai", "openai": {"apiKeySecret": {"name": "k1", "key": "k"}}}})
+    assert section_hash(a, ("base_model", "sdg")) == section_hash(b, ("base_model", "sdg"))
+    assert section_hash(a, ("base_model",)) != section_hash(c, ("base_model",))  # real settings still count
+
+
 def test_cli_validate_exit_codes(tmp_path):
     good = write(tmp_path, "training: {epochs: 1}\n", "good.yaml")
     bad = write(tmp_path, "training: {epochs: 0, lr: 3}\n", "bad.yaml")

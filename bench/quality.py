@@ -30,6 +30,9 @@ bench/results/2026-11-27-h200-quality-sweep.txt):
   offline SDG (mode b), 0 hard neg, lr 5e-5, T 0.05, 2 epochs, 4 rows/question: 0.2991 (-5.3%);
   the gate failed, so the pipeline keeps the base model (mode b ends at base, never below)
 
+On 2 CPU cores with the CPU defaults (maxSeqLength 128, base 0.3145): 0.3484 (+10.8%), R@10 0.1537 -> 0.1630;
+train 39 min at 13.5 rows/s (bench/results/2026-11-27-cpu-quality.txt).
+
 The temperature matters most (0.02 -> 0.05: +0.4% -> +4.5%), then more (question, passage) pairs per step
 (4 hard negatives or 8 rows per question). Without a per-question cap, broad questions (NFCorpus has queries
 with over 1,000 relevant documents, all graded 1 in its train split) make up most rows and the tuned model

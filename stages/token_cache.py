@@ -37,6 +37,7 @@ class TokenCache:
         self.index: dict[str, int] = {}
         self._chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         self._lengths: list[int] = []
+        self._total = 0
         self.flat: dict[str, np.ndarray] = {}
         self.offsets = np.zeros(1, dtype=np.int64)
         self.longest = 0
@@ -54,15 +55,15 @@ class TokenCache:
         return len(self.index)
 
     def _add(self, texts: list[str], features: dict[str, Any]) -> None:
-        mask = features["attention_mask"].numpy()
-        lengths = mask.sum(axis=1)
+        valid = features["attention_mask"].numpy().astype(bool)
+        # Boolean indexing walks the padded chunk row by row, so it yields each text's tokens in order and
+        # back to back whichever side the padding is on: a compact copy, the padded chunk can go.
         for k in self.keys:
-            arr = features[k].numpy().astype(np.int32, copy=False)
-            for row, n in zip(arr, lengths):
-                self._chunks[k].append(row[:n] if self.right_padding else row[len(row) - n:])
+            self._chunks[k].append(features[k].numpy()[valid].astype(np.int32))
         for t in texts:
             self.index[t] = len(self.index)
-        self._lengths.extend(int(n) for n in lengths)
+        self._lengths.extend(valid.sum(axis=1).tolist())
+        self._total += int(valid.sum())
 
     def _freeze(self) -> None:
         self.offsets = np.concatenate([[0], np.cumsum(self._lengths, dtype=np.int64)])
@@ -156,7 +157,7 @@ def build_token_cache(model, texts: Iterable[str], *, chunk: int = 2048, check: 
             log.info("token cache off: features differ between chunks")
             return None
         cache._add(part, feats)
-        if sum(cache._lengths) > max_tokens:
+        if cache._total > max_tokens:
             log.info("token cache off: over %d tokens", max_tokens)
             return None
     assert cache is not None

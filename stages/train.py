@@ -134,6 +134,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
             raise _fail(f"validation split: {exc}") from None
 
     info = tl.setup_distributed(pick_device())
+    # Leave the group on every way out (other ranks return early); in step with the others on success only.
+    scope.push(lambda exc_type, *_: tl.teardown_distributed(info, sync=exc_type is None))
     device = info.device
     tl.seed_everything(tr.seed)
     ctx.progress(f"{len(rows)} rows, {len({r.qid for r in rows})} questions, {n_neg} hard negatives per row"
@@ -399,10 +401,6 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     }
     summary = {"rows": len(rows), "steps": state.step, "batchSize": bs, "bestEpoch": state.best_epoch,
                "bestValNdcg10": counts["best_val_ndcg@10"], "rowsPerSecond": counts["rows_per_second"]}
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     return StageResult(counts=counts, details=details, summary=json.dumps(summary, separators=(",", ":")))
 
 

@@ -316,6 +316,8 @@ tl.allreduce_gradients(list(model.parameters()), info)
 mean_loss = tl.allreduce_mean(float(loss), info)
 if info.rank == 0:
     torch.save({"loss": mean_loss, "grad": model.lin.weight.grad.clone()}, out)
+del loss  # the stage's loss is out of scope when it leaves the group; the module-level one must go too
+tl.teardown_distributed(info)
 '''
 
 
@@ -366,3 +368,37 @@ def test_auto_batch_size_leaves_enough_steps_per_epoch():
     small = tl.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=600, **kw)
     assert small.batch_size == 8 and "capped" in small.method
     assert tl.choose_batch_size(64, None, max_rows=10_000, rows_per_epoch=600, **kw).batch_size == 64  # explicit wins
+
+
+def test_train_stage_runs_under_torchrun_with_two_ranks(tmp_path):
+    """The whole stage as a multi-GPU pod runs it (torchrun, here two CPU ranks on gloo): both ranks train
+    in step on a global batch, rank 0 alone publishes, and both processes exit cleanly."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    ws = write_prepare(tmp_path / "ws")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({"apiVersion": "eft.ai/v1alpha1", "kind": "EmbeddingFinetune",
+                                         "metadata": {"name": "t"}, "spec": {
+        "training": {"epochs": 1, "learningRate": 1e-4, "batchSize": 8, "temperature": 0.05, "seed": 7},
+        "mining": {"negatives": 2}, "baseModel": {"maxSeqLength": 32}}}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EFT_DEVICE": "cpu"}
+    r = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                        "-m", "eft.cli", "stage", "train", "--spec", str(spec_path), "--workspace", str(ws.root)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "terminate called" not in r.stderr
+    m = ws.manifest("train")
+    assert m["status"] == "succeeded"
+    assert m["details"]["worldSize"] == 2 and m["details"]["globalBatchSize"] == 16
+    assert (ws.stage_dir("train") / "model" / "model.safetensors").is_file()
+    losses = [float(c["loss"]) for c in curve(ws.stage_dir("train")) if c["loss"]]
+    assert len(losses) == m["counts"]["steps"] > 0

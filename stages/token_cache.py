@@ -71,9 +71,6 @@ class TokenCache:
         self.flat = {k: (np.concatenate(v) if v else np.zeros(0, np.int32)) for k, v in self._chunks.items()}
         self._chunks, self._lengths = {}, []
 
-    def __contains__(self, text: str) -> bool:
-        return text in self.index
-
     def features(self, texts: list[str]) -> dict[str, Any]:
         """The model's features for ``texts``, padded to the longest of them (as ``model.preprocess`` does)."""
         import torch

@@ -97,8 +97,17 @@ def _fail(msg: str) -> StageFailed:
 
 
 def train(ctx: StageContext, opts: TrainOptions) -> StageResult:
+    import torch
+
     with contextlib.ExitStack() as scope:  # process-wide settings changed for the run are restored on exit
-        return _train(ctx, opts, scope)
+        try:
+            return _train(ctx, opts, scope)
+        except torch.OutOfMemoryError as exc:
+            first = str(exc).split(". ")[0]
+            tr = ctx.spec.training
+            raise _fail(f"out of GPU memory during training ({first}) at training.batchSize {tr.batch_size} "
+                        f"and baseModel.maxSeqLength {ctx.spec.base_model.max_seq_length}: lower either, turn on "
+                        "training.gradientCheckpointing, or make sure no other process holds the GPU's memory") from None
 
 
 def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -> StageResult:

@@ -402,3 +402,19 @@ def test_train_stage_runs_under_torchrun_with_two_ranks(tmp_path):
     assert (ws.stage_dir("train") / "model" / "model.safetensors").is_file()
     losses = [float(c["loss"]) for c in curve(ws.stage_dir("train")) if c["loss"]]
     assert len(losses) == m["counts"]["steps"] > 0
+
+
+def test_out_of_memory_fails_with_advice_not_a_traceback(tmp_path, monkeypatch):
+    from eft.stages import training_loop as tl
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.66 GiB. GPU 0 has a total capacity")
+
+    monkeypatch.setattr(tl, "batch_loss", oom)
+    ws = write_prepare(tmp_path / "ws")
+    with pytest.raises(StageFailed) as err:
+        execute_stage(make_spec(epochs=1), ws, "train")
+    msg = err.value.message
+    assert "out of GPU memory" in msg and "CUDA out of memory" in msg and "batchSize 16" in msg
+    assert "gradientCheckpointing" in msg and "\n" not in msg
+    assert ws.manifest("train") is None

@@ -203,7 +203,8 @@ class TrainingSpec(SpecModel):
     )
     in_batch_negatives: bool = Field(default=True, description="Also contrast against other queries' passages.")
     batch_size: int | Literal["auto"] = Field(
-        default="auto", description="Queries per optimizer step per device, or 'auto' (largest that fits)."
+        default="auto", description="Queries per optimizer step per device, or 'auto': the largest power of two that "
+        "fits the GPU's free memory (32 on CPU), capped to leave at least 50 steps per epoch."
     )
     gradient_accumulation: int = Field(default=1, ge=1, le=1024)
     gradient_checkpointing: bool = False

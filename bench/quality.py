@@ -56,7 +56,7 @@ from datetime import datetime, timezone
 # The training recipe the bench uses unless flags say otherwise (measured on NFCorpus; see the module docstring).
 # It departs from the spec's recipe defaults (lr 1e-5, temperature 0.02, 3 epochs) where measurements said so.
 DEFAULTS = {"max_seq_length": 128, "negatives": 0, "batch_size": "64", "epochs": 2, "max_steps": None,
-            "lr": 5e-5, "temperature": 0.05, "max_rows_per_question": 8}
+            "lr": 5e-5, "temperature": 0.05, "max_rows_per_question": 8, "compile": "auto"}
 GPU_OVERRIDES = {"max_seq_length": 256, "negatives": 4, "max_rows_per_question": 4}
 
 
@@ -122,7 +122,7 @@ def build_spec(dataset: Path, mode: str, s: dict):
         "baseModel": {"maxSeqLength": s["max_seq_length"]},
         "mining": {"negatives": s["negatives"]},
         "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"], "temperature": s["temperature"],
-                     "maxRowsPerQuestion": s["max_rows_per_question"] or None,
+                     "maxRowsPerQuestion": s["max_rows_per_question"] or None, "compile": s["compile"],
                      **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})},
         "evaluation": {"datasets": [{"name": dataset.name, "path": str(dataset), "split": "test"}]},
     }
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max-rows-per-question", type=int, help="cap one question's training rows per epoch "
                     "(training.maxRowsPerQuestion); 0 = no cap")
+    ap.add_argument("--compile", choices=("auto", "always", "never"), help="training.compile (default auto)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     args = ap.parse_args(argv)
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
             "base": m.get("base"), "tuned": m.get("tuned"), "gate": (r["metrics"] or {}).get("gate", {}).get("status"),
             "failure": r["failure"], "times": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r["times"].items()},
             "train": r["train"], "tokenCache": r["trainDetails"].get("tokenCache"),
-            "batchSize": r["trainDetails"].get("batchSize")}, sort_keys=True), flush=True)
+            "batchSize": r["trainDetails"].get("batchSize"), "compile": r["trainDetails"].get("compile")},
+            sort_keys=True), flush=True)
     return 0 if all(r["metrics"] for r in results) else 1
 
 

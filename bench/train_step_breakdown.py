@@ -2,10 +2,12 @@
 forward + loss, backward, optimizer; measured phase by phase (synchronised) on the stage's own functions.
 
     python bench/train_step_breakdown.py ../shared/datasets/nfcorpus [--device cuda] [--batch-size 128]
-        [--negatives 4] [--max-seq-length 256] [--steps 20] [--profile]
+        [--negatives 4] [--max-seq-length 256] [--steps 20] [--profile] [--compile] [--cache-only]
 
 Prints the median milliseconds per phase with features from the token cache and from per-batch
 tokenization, the rows/s each implies, and with --profile the operators that took the most device time.
+--compile runs the steps through the stage's torch.compile handle (compiled during the warm-up steps).
+Batches are padded as the stage pads them on a GPU (multiples of 32 tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main(argv=None) -> int:
     from eft.models import load_sentence_model
     from eft.spec import BaseModelSpec
     from eft.stages import training_loop as tl
+    from eft.stages.compiled_forward import TrainForward
+    from eft.stages.train import GPU_PAD_MULTIPLE
     from eft.stages.token_cache import build_token_cache
     from eft.stages.training_data import TrainRow
 
@@ -39,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="steps through torch.compile (as training.compile)")
+    ap.add_argument("--cache-only", action="store_true", help="skip the per-batch tokenization variant")
     args = ap.parse_args(argv)
     dev = args.device
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,6 +65,8 @@ def main(argv=None) -> int:
           f"{args.negatives} negatives, max_seq_length {args.max_seq_length}", flush=True)
     t0 = time.perf_counter()
     cache = build_token_cache(model, [r.query for r in rows] + [t for r in rows for t in (r.pos_text, *r.neg_texts)])
+    if cache is not None and gpu:
+        cache.pad_multiple = GPU_PAD_MULTIPLE
     print(f"token cache built in {time.perf_counter() - t0:.2f}s: {len(cache) if cache else 'off'} texts", flush=True)
     cfg = tl.LossConfig(scale=50.0, n_neg=args.negatives, in_batch=True,
                         known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
@@ -66,6 +74,7 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=gpu or None)
     model.train()
+    fwd = TrainForward(model, args.compile, "bench")
 
     def batch(i: int, use_cache: bool):
         sel = rows[i * args.batch_size:(i + 1) * args.batch_size]
@@ -84,7 +93,7 @@ def main(argv=None) -> int:
             qf, pf = tl.to_device(b.features[0], dev), tl.to_device(b.features[1], dev)
             b.features = (qf, pf)
             sync(); c = time.perf_counter()
-            loss = tl.batch_loss(model, b, cfg, info)
+            loss = tl.batch_loss(model, b, cfg, info, forward=fwd.forward)
             sync(); d = time.perf_counter()
             loss.backward()
             sync(); e = time.perf_counter()
@@ -95,8 +104,10 @@ def main(argv=None) -> int:
                 phases[k].append(v * 1000)
         return phases
 
-    run(True, 5)  # warm-up: kernels, allocator
-    for use_cache in (True, False):
+    t0 = time.perf_counter()
+    run(True, 5)  # warm-up: kernels, allocator, compiling
+    print(f"warm-up (5 steps{', compiling included' if args.compile else ''}): {time.perf_counter() - t0:.1f}s", flush=True)
+    for use_cache in ((True,) if args.cache_only else (True, False)):
         ph = run(use_cache, args.steps)
         med = {k: statistics.median(v) for k, v in ph.items()}
         total = sum(med.values())

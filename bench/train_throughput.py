@@ -1,28 +1,32 @@
-"""Training throughput: the train stage's loop vs sentence-transformers' own trainer, same data, same run.
+"""Training throughput: the train stage vs sentence-transformers' own trainer, same data, same run, warmed up.
 
     python bench/train_throughput.py ../shared/datasets/nfcorpus [--batch-size B] [--negatives N]
         [--max-seq-length L] [--steps S] [--warmup-steps W] [--device cpu|cuda]
+        [--variants eager,compile,nocache]
 
 Rows are (query, one relevant document, N random non-relevant documents) built from the dataset's
-train qrels. Both contenders start from the base model, train with in-batch + N hard negatives at the
-same batch size, sequence length, temperature and precision (bf16 autocast on GPU, fp32 on CPU), and
-are warmed up with W steps in the same process before S timed steps. Only the steps are timed (not
-model loading nor the trainer's setup). Needs the `bench` extra (accelerate, datasets) for
-SentenceTransformerTrainer.
+train qrels. Every contender starts from the base model and trains W + S steps with in-batch + N hard
+negatives at the same batch size, sequence length, temperature and precision (bf16 autocast on GPU, fp32
+on CPU), one after another in this process. "warm" is rows/s over the last S steps of each run (clocked
+when step W and step W + S have finished on the device); "whole run" counts every step, the first ones
+included (where compiling happens), but not model loading, the token cache or the trainer's setup.
+
+Variants of the train stage: eager (training.compile 'never'), compile ('always'), nocache (eager with
+the token cache off: per-batch tokenization). Needs the `bench` extra (accelerate, datasets) for
+SentenceTransformerTrainer. Prints a table and one `RESULT {json}` line.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
 import argparse
+import csv
 import json
+import math
 import os
 import random
 import tempfile
 import time
-
+from pathlib import Path
 
 
 def build_rows(dataset: Path, n_rows: int, n_neg: int, seed: int) -> list[dict]:
@@ -50,33 +54,46 @@ def build_rows(dataset: Path, n_rows: int, n_neg: int, seed: int) -> list[dict]:
     return rows
 
 
-def eft_rows_per_second(rows, args, steps: int, device: str) -> float:
+def eft_run(rows, args, variant: str, device: str) -> dict:
+    """One train stage run of W + S steps; rows/s from the per-step finishing times in its curve."""
     from eft.pipeline import execute_stage
     from eft.spec import parse_document
     from eft.workspace import Workspace, write_json_atomic
 
+    steps = args.warmup_steps + args.steps
     root = Path(tempfile.mkdtemp(prefix="eft-tput-"))
     prep = root / "prepare"
     (prep / "beir" / "qrels").mkdir(parents=True)
     with open(prep / "train.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     write_json_atomic(prep / "manifest.json", {"stage": "prepare", "status": "succeeded", "outputsDigest": "bench"})
+    epochs = min(100, math.ceil(steps / max(1, len(rows) // args.batch_size)) + 1)
     efr = parse_document({"metadata": {"name": "tput"}, "spec": {
         "baseModel": {"maxSeqLength": args.max_seq_length},
-        "training": {"batchSize": args.batch_size, "negatives": args.negatives, "maxSteps": steps, "epochs": 1,
-                     "warmupRatio": 0.0}}})
+        "training": {"batchSize": args.batch_size, "negatives": args.negatives, "maxSteps": steps,
+                     "epochs": epochs, "warmupRatio": 0.0,
+                     "compile": "always" if variant == "compile" else "never"}}})
     os.environ["EFT_DEVICE"] = device
-    m = execute_stage(efr, Workspace(root), "train", progress=lambda msg: None)
-    cache = m["details"].get("tokenCache") or {}
-    rows = steps * args.batch_size
+    if variant == "nocache":
+        os.environ["EFT_TOKEN_CACHE"] = "0"
+    try:
+        m = execute_stage(efr, Workspace(root), "train", progress=lambda msg: None)
+    finally:
+        os.environ.pop("EFT_TOKEN_CACHE", None)
+    with open(root / "train" / "training_curve.csv") as f:
+        t = {int(r["step"]): float(r["train_seconds"]) for r in csv.DictReader(f) if r["loss"]}
+    assert len(t) == steps, f"the stage ran {len(t)} steps, not {steps}"
+    d = m["details"]
+    out = {"warm": args.steps * args.batch_size / (t[steps] - t[args.warmup_steps]),
+           "whole": steps * args.batch_size / t[steps], "first_step_s": t[1],
+           "compile": d["compile"]}
+    cache = d.get("tokenCache") or {}
     if cache.get("enabled"):
-        print(f"    eft token cache: {cache['texts']} distinct texts for {cache['textSlots']} uses, "
-              f"{cache['tokens']} tokens, built once in {cache['seconds']}s (not in the step time; "
-              f"with it: {rows / (rows / m['counts']['rows_per_second'] + cache['seconds']):.1f} rows/s)")
-    return float(m["counts"]["rows_per_second"])
+        out["token_cache"] = {k: cache[k] for k in ("texts", "textSlots", "tokens", "seconds")}
+    return out
 
 
-def st_rows_per_second(rows, args, steps: int, device: str) -> float:
+def st_run(rows, args, device: str) -> dict:
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -92,31 +109,41 @@ def st_rows_per_second(rows, args, steps: int, device: str) -> float:
     for j in range(args.negatives):
         cols[f"negative_{j + 1}"] = [r["negatives"][j]["text"] for r in rows]
     ds = Dataset.from_dict(cols)
-    times = {}
+    times: dict[int, float] = {}
+    marks = {1, args.warmup_steps, args.warmup_steps + args.steps}
 
     class Clock(TrainerCallback):
-        def _sync(self):
+        # Waits for the device only at the steps that bound the windows: a wait in every step would take
+        # away the overlap of tokenizing the next batch with the device's work on this one.
+        def _now(self) -> float:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
+            return time.perf_counter()
 
-        def on_train_begin(self, *a, **k):
-            self._sync()
-            times["start"] = time.perf_counter()
+        def on_train_begin(self, args_, state, control, **k):
+            times[0] = self._now()
 
-        def on_train_end(self, *a, **k):
-            self._sync()
-            times["end"] = time.perf_counter()
+        def on_step_end(self, args_, state, control, **k):
+            if state.global_step in marks:
+                times[state.global_step] = self._now()
 
-    out = tempfile.mkdtemp(prefix="st-tput-")
+    out_dir = tempfile.mkdtemp(prefix="st-tput-")
+    steps = args.warmup_steps + args.steps
     targs = SentenceTransformerTrainingArguments(
-        output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=steps, learning_rate=1e-5,
+        output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=steps, learning_rate=1e-5,
         warmup_steps=0, weight_decay=0.01, disable_tqdm=True, bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_steps=10**6, report_to="none",
         dataloader_drop_last=True, use_cpu=not device.startswith("cuda"), seed=42)
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
                                          loss=MultipleNegativesRankingLoss(model, scale=50.0), callbacks=[Clock()])
     trainer.train()
-    return steps * args.batch_size / (times["end"] - times["start"])
+    w, e = args.warmup_steps, steps
+    return {"warm": args.steps * args.batch_size / (times[e] - times[w]),
+            "whole": steps * args.batch_size / (times[e] - times[0]), "first_step_s": times[1] - times[0]}
+
+
+VARIANTS = {"eager": "eft train stage (eager)", "compile": "eft train stage (compiled)",
+            "nocache": "eft train stage (eager, no token cache)"}
 
 
 def main(argv=None) -> int:
@@ -128,47 +155,54 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default 128 on GPU, 16 on CPU")
     ap.add_argument("--negatives", type=int, default=None, help="hard negatives per row; default 4 on GPU, 1 on CPU")
     ap.add_argument("--max-seq-length", type=int, default=None, help="default 256 on GPU, 128 on CPU")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps; default 40 on GPU, 6 on CPU")
-    ap.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first; default 5 on GPU, 1 on CPU")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps; default 60 on GPU, 6 on CPU")
+    ap.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first; default 10 on GPU, 2 on CPU")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
-    ap.add_argument("--also-without-cache", action="store_true",
-                    help="also time the train stage with its token cache off (EFT_TOKEN_CACHE=0: per-batch tokenization)")
+    ap.add_argument("--variants", default="eager,compile",
+                    help="train stage variants, comma-separated: eager, compile, nocache (default: eager,compile)")
     args = ap.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (128 if gpu else 16)
     args.negatives = args.negatives if args.negatives is not None else (4 if gpu else 1)
     args.max_seq_length = args.max_seq_length or (256 if gpu else 128)
-    args.steps = args.steps or (40 if gpu else 6)
-    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (5 if gpu else 1)
+    args.steps = args.steps or (60 if gpu else 6)
+    args.warmup_steps = max(1, args.warmup_steps if args.warmup_steps is not None else (10 if gpu else 2))
     if not gpu:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Both contenders may use every core to tokenize (the train stage does so on GPU).
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if gpu else "false"
 
-    n_rows = args.batch_size * (args.steps + args.warmup_steps) + args.batch_size
-    rows = build_rows(args.dataset, n_rows, args.negatives, seed=0)
+    rows = build_rows(args.dataset, args.batch_size * (args.steps + args.warmup_steps + 1), args.negatives, seed=0)
     dev = torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"train throughput on {args.dataset.name}: {len(rows)} rows, batch {args.batch_size}, "
           f"{args.negatives} hard negative(s) + in-batch, max_seq_length {args.max_seq_length}, device {dev}")
-    print(f"each: {args.warmup_steps} warm-up step(s) then {args.steps} timed steps, same process", flush=True)
+    print(f"each contender: {args.warmup_steps} warm-up steps then {args.steps} timed steps, one after another "
+          "in this process", flush=True)
 
-    eft_rps = st_rps = None
-    for phase, steps in (("warm-up", args.warmup_steps), ("timed", args.steps)):
-        if steps <= 0:
-            continue
-        e = eft_rows_per_second(rows, args, steps, args.device)
-        s = st_rows_per_second(rows, args, steps, args.device)
-        print(f"  {phase:8s} eft {e:8.1f} rows/s   SentenceTransformerTrainer {s:8.1f} rows/s", flush=True)
-        eft_rps, st_rps = e, s
-    if args.also_without_cache:
-        os.environ["EFT_TOKEN_CACHE"] = "0"
-        nc = eft_rows_per_second(rows, args, args.steps, args.device)
-        os.environ.pop("EFT_TOKEN_CACHE")
-        print(f"  timed    eft without token cache {nc:8.1f} rows/s (cache speed-up {eft_rps / nc:.2f}x)", flush=True)
-    print(f"eft train stage:             {eft_rps:.1f} rows/s")
-    print(f"SentenceTransformerTrainer:  {st_rps:.1f} rows/s")
-    print(f"ratio eft / sentence-transformers: {eft_rps / st_rps:.2f}x")
+    results: dict[str, dict] = {"SentenceTransformerTrainer": st_run(rows, args, args.device)}
+    print(f"  SentenceTransformerTrainer done: warm {results['SentenceTransformerTrainer']['warm']:.1f} rows/s", flush=True)
+    for v in [x.strip() for x in args.variants.split(",") if x.strip()]:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        results[VARIANTS[v]] = r = eft_run(rows, args, v, args.device)
+        print(f"  {VARIANTS[v]} done: warm {r['warm']:.1f} rows/s", flush=True)
+        if v == "compile" and not r["compile"]["enabled"]:
+            print(f"    (compiling failed, it ran eagerly: {r['compile'].get('failed')})")
+
+    st = results["SentenceTransformerTrainer"]["warm"]
+    print(f"\n{'contender':40s} {'warm rows/s':>12s} {'vs ST':>7s} {'whole run':>10s} {'1st step s':>10s}")
+    for name, r in results.items():
+        print(f"{name:40s} {r['warm']:12.1f} {r['warm'] / st:6.2f}x {r['whole']:10.1f} {r['first_step_s']:10.2f}")
+    for name, r in results.items():
+        if "token_cache" in r:
+            c = r["token_cache"]
+            print(f"token cache ({name}): {c['texts']} distinct texts for {c['textSlots']} uses, {c['tokens']} tokens, "
+                  f"built in {c['seconds']}s before the first step")
+            break
+    print("RESULT " + json.dumps({"device": dev, "batch_size": args.batch_size, "negatives": args.negatives,
+                                  "max_seq_length": args.max_seq_length, "warmup_steps": args.warmup_steps,
+                                  "steps": args.steps, "results": results}))
     return 0
 
 

@@ -208,6 +208,11 @@ class TrainingSpec(SpecModel):
     )
     gradient_accumulation: int = Field(default=1, ge=1, le=1024)
     gradient_checkpointing: bool = False
+    compile: Literal["auto", "always", "never"] = Field(
+        default="auto", description="torch.compile the model for training steps. 'auto': on a GPU when the run "
+        "has enough optimizer steps to repay the compile time (see the train stage's manifest); 'always'; "
+        "'never'. A model that fails to compile trains uncompiled (recorded in the manifest)."
+    )
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (for smoke runs).")
     max_rows_per_question: int | None = Field(
         default=None, ge=1, le=100000,

@@ -9,7 +9,8 @@ Each query is contrasted with its positive, its ``spec.training_negatives()`` ha
 positives of a row's question are masked (see stages/training_data.py and stages/training_loop.py).
 AdamW with linear warmup/decay; bf16 autocast on GPU, fp32 on CPU; batchSize 'auto' probes the GPU's
 free memory and never leaves fewer than 50 optimizer steps per epoch. Every distinct query and passage
-is tokenized once before the first step (stages/token_cache.py).
+is tokenized once before the first step (stages/token_cache.py). ``training.compile`` runs the training
+steps through torch.compile (stages/compiled_forward.py; by default on a GPU for long runs only).
 
 Every epoch (and before the first, for the base model) the model is validated on the dev split:
 nDCG@10 and a loss (the dev queries' contrastive loss against the whole dev corpus at the training
@@ -49,7 +50,8 @@ from eft.workspace import StageResult
 
 log = logging.getLogger("eft.train")
 
-CURVE_FIELDS = ("step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10")
+# train_seconds: training time (steps only) when the step finished; throughput over any window of steps.
+CURVE_FIELDS = ("step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10", "train_seconds")
 GPU_PAD_MULTIPLE = 32  # batch lengths on a GPU: multiples of this (see TokenCache.pad_multiple)
 
 
@@ -118,6 +120,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     from eft.spec import section_hash
     from eft.workspace import sha256_file
     from eft.stages import training_loop as tl
+    from eft.stages.compiled_forward import TrainForward, decide_compile
     from eft.stages.training_data import QidBatchSampler, TrainDataError, fit_negatives, load_rows
 
     spec = ctx.spec
@@ -167,7 +170,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         for pid in (r.pos_id, *r.neg_ids):
             pindex.setdefault(pid, len(pindex))
     n_ids = len(pindex)
-    known_pairs = torch.tensor(sorted({qindex[r.qid] * n_ids + pindex[r.pos_id] for r in rows}), dtype=torch.long)
+    known_pairs = torch.tensor(sorted({qindex[r.qid] * n_ids + pindex[r.pos_id] for r in rows}), dtype=torch.long,
+                               device=device)
     cfg = tl.LossConfig(scale=1.0 / tr.temperature, n_neg=n_neg, in_batch=tr.in_batch_negatives,
                         known_pairs=known_pairs, n_ids=n_ids)
 
@@ -213,6 +217,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     if tr.max_steps:
         total_steps = min(total_steps, tr.max_steps)
     warmup = math.ceil(total_steps * tr.warmup_ratio)
+    train_fwd = TrainForward(model, *decide_compile(tr.compile, device, total_steps))
 
     params = [p for p in model.parameters() if p.requires_grad]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "LayerNorm" in n or "norm" in n.lower())]
@@ -247,7 +252,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         if info.is_main:
             ndcg, vloss = _validate(model, dev, bm.query_prefix, bm.passage_prefix, cfg.scale)
             state.curve.append({"step": state.step, "epoch": epoch, "loss": "", "lr": "",
-                                "val_loss": round(vloss, 6), "val_ndcg@10": round(ndcg, 6)})
+                                "val_loss": round(vloss, 6), "val_ndcg@10": round(ndcg, 6),
+                                "train_seconds": round(state.train_seconds, 3)})
             state.last_validated_epoch = epoch
             if state.best_ndcg is None or ndcg > state.best_ndcg:
                 state.best_ndcg, state.best_epoch = ndcg, epoch
@@ -273,7 +279,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
 
     if resumed_from is None:
         ctx.progress(f"batch size {bs} ({choice.method}), {total_steps} steps over {tr.epochs} epochs, "
-                     f"{tl.precision_name(device)}")
+                     f"{tl.precision_name(device)}, {'compiled' if train_fwd.active else 'not compiled'} "
+                     f"({train_fwd.reason})")
         validate(0)
 
     # SIGTERM (pod eviction, Ctrl-C of a runner) -> checkpoint at the next step boundary, then stop.
@@ -284,7 +291,52 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
 
     model.train()
     last_ckpt_time = time.monotonic()
-    last_report = time.monotonic()
+    last_report = [time.monotonic()]
+    # The step whose loss is still on the device. Reading a loss back makes the host wait for the GPU, so
+    # each step's loss is read after the next step has been queued: the GPU never idles for the read, and
+    # the host never runs more than one step ahead (so train_seconds stays true to within a step).
+    pending: list[tuple[dict[str, Any], Any]] = []
+    clock = [time.perf_counter()]
+
+    def flush() -> None:
+        """Record the pending step: its loss (waits for the GPU to finish it) and the time it finished."""
+        now = time.perf_counter()
+        if pending:
+            row, loss_t = pending.pop()
+            row["loss"] = round(float(loss_t), 6)
+            now = time.perf_counter()
+            state.train_seconds += now - clock[0]
+            row["train_seconds"] = round(state.train_seconds, 3)
+            state.curve.append(row)
+            if time.monotonic() - last_report[0] > 30 or row["step"] == total_steps:
+                last_report[0] = time.monotonic()
+                ctx.progress(f"step {row['step']}/{total_steps} epoch {math.ceil(row['epoch'])}/{tr.epochs} "
+                             f"loss {row['loss']:.4f} lr {row['lr']:.2e} "
+                             f"{state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
+        else:
+            state.train_seconds += now - clock[0]
+        clock[0] = now
+
+    def restart_clock() -> None:  # after work that is not training (checkpoints, validation)
+        clock[0] = time.perf_counter()
+
+    def forward_backward(batch, k: int, first_of_group: bool):
+        train_fwd.step_started()
+        try:
+            loss = tl.batch_loss(model, batch, cfg, info, forward=train_fwd.forward)
+            (loss / k).backward()
+            return loss
+        except Exception as exc:
+            # A model the compiler cannot handle trains eagerly. Only at a group's first micro-batch: the
+            # gradients are still empty there, so nothing half-accumulated survives the retry.
+            if not train_fwd.active or not first_of_group or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            train_fwd.give_up(exc)
+            optimizer.zero_grad(set_to_none=True)
+        loss = tl.batch_loss(model, batch, cfg, info)
+        (loss / k).backward()
+        return loss
+
     done = state.step >= total_steps
     for epoch in range(state.epoch, tr.epochs):
         if done:
@@ -292,20 +344,19 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         batches = sampler.batches(epoch)
         nb = len(batches)
         group_loss, group_n = 0.0, 0
-        t_step = time.perf_counter()
+        restart_clock()
         first = state.micro if epoch == state.epoch else 0
 
         def prepare(i: int, batches=batches):
             return _make_batch(rows, batches[i], bm.query_prefix, bm.passage_prefix, qindex, pindex, cache)
 
-        stream = tl.batch_stream(prepare, model, first, nb, workers)
+        stream = tl.batch_stream(prepare, model, first, nb, workers, pin=device.startswith("cuda"))
         for mi, batch in zip(range(first, nb), stream):
             idx = batches[mi]
             group_start = (mi // accum) * accum
             k = min(accum, nb - group_start)
-            loss = tl.batch_loss(model, batch, cfg, info)
-            (loss / k).backward()
-            group_loss += float(loss.detach())
+            loss = forward_backward(batch, k, mi == group_start)
+            group_loss = group_loss + loss.detach()
             group_n += 1
             state.rows_seen += len(idx) * info.world_size
             if mi + 1 - group_start < k:
@@ -320,28 +371,27 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
             state.micro = mi + 1
             step_loss = tl.allreduce_mean(group_loss / group_n, info)
             group_loss, group_n = 0.0, 0
-            now = time.perf_counter()
-            state.train_seconds += now - t_step
-            t_step = now
-            state.curve.append({"step": state.step, "epoch": round(epoch + (mi + 1) / nb, 4),
-                                "loss": round(step_loss, 6), "lr": lr, "val_loss": "", "val_ndcg@10": ""})
-            if time.monotonic() - last_report > 30 or state.step == total_steps:
-                last_report = time.monotonic()
-                ctx.progress(f"step {state.step}/{total_steps} epoch {epoch + 1}/{tr.epochs} loss {step_loss:.4f} "
-                             f"lr {lr:.2e} {state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
+            flush()  # the previous step
+            pending.append(({"step": state.step, "epoch": round(epoch + (mi + 1) / nb, 4), "loss": "", "lr": lr,
+                             "val_loss": "", "val_ndcg@10": ""}, step_loss))
+            if train_fwd.active and train_fwd.first_step_seconds is None:
+                flush()  # the first compiled step, compiling included: timed on its own
+                train_fwd.step_finished()
             if state.step >= total_steps:
                 done = True
                 break
             stop_now = opts.stop_after_steps is not None and state.step >= opts.stop_after_steps
             if (terminated.is_set() or state.step % opts.checkpoint_steps == 0
                     or time.monotonic() - last_ckpt_time > opts.checkpoint_seconds):
+                flush()
                 save_checkpoint()
                 last_ckpt_time = time.monotonic()
-                t_step = time.perf_counter()
+                restart_clock()
                 if terminated.is_set():
                     raise tl.TrainingInterrupted(f"terminated by signal; checkpoint saved at step {state.step}")
             if stop_now:
                 raise tl.TrainingInterrupted(f"stopped after step {state.step} (EFT_TRAIN_STOP_AFTER_STEPS)")
+        flush()
         stream.close()  # stopped early (maxSteps): no tokenization may still run during validation
         validate(epoch + 1)
         state.epoch, state.micro = epoch + 1, 0
@@ -389,6 +439,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
         "globalBatchSize": bs * info.world_size,
         "gradientAccumulation": accum,
         "gradientCheckpointing": grad_ckpt,
+        "compile": train_fwd.as_dict(tr.compile),
         "tokenizerWorkers": workers,
         "tokenCache": {k: v for k, v in cache_info.items() if k != "summary"},
         "maxRowsPerQuestion": tr.max_rows_per_question,

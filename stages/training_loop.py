@@ -146,11 +146,16 @@ def allreduce_gradients(params: list[torch.nn.Parameter], info: DistInfo, bucket
             off += g.numel()
 
 
-def allreduce_mean(x: float, info: DistInfo) -> float:
+def allreduce_mean(x: float | torch.Tensor, info: DistInfo) -> float | torch.Tensor:
+    """Mean over ranks. A tensor stays on its device (no wait for the GPU); a float comes back a float."""
     if not info.enabled:
         return x
     import torch.distributed as dist
 
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(torch.float64).reshape(1).clone()
+        dist.all_reduce(t)
+        return t / info.world_size
     t = torch.tensor([x], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
@@ -329,6 +334,17 @@ class BatchTensors:
             self.features = (model.preprocess(self.queries), model.preprocess(self.passages))
         return self
 
+    def pin_memory(self) -> BatchTensors:
+        """Page-lock every tensor (DataLoader(pin_memory=True) calls this too). A copy to the GPU from
+        ordinary (pageable) memory waits for the GPU's queue to drain first: one stall per tensor per step."""
+        def pin(x):
+            return x.pin_memory() if isinstance(x, torch.Tensor) else x
+
+        self.row_q, self.pids = pin(self.row_q), pin(self.pids)
+        if self.features is not None:
+            self.features = tuple({k: pin(v) for k, v in f.items()} for f in self.features)
+        return self
+
 
 @dataclass
 class LossConfig:
@@ -339,20 +355,23 @@ class LossConfig:
     n_ids: int
 
 
-def batch_loss(model, batch: BatchTensors, cfg: LossConfig, info: DistInfo) -> torch.Tensor:
-    """Forward queries and passages (one forward each, padded to the batch's longest text) and the loss."""
+def batch_loss(model, batch: BatchTensors, cfg: LossConfig, info: DistInfo, forward=None) -> torch.Tensor:
+    """Forward queries and passages (one forward each, padded to the batch's longest text) and the loss.
+    ``forward``: what runs the model (a torch.compile'd handle on the same weights); default ``model``."""
     device = info.device
+    forward = forward or model
     qf, pf = batch.tokenize(model).features
     qf, pf = to_device(qf, device), to_device(pf, device)
     with autocast_context(device):
-        q = model(qf)["sentence_embedding"]
-        p = model(pf)["sentence_embedding"]
+        q = forward(qf)["sentence_embedding"]
+        p = forward(pf)["sentence_embedding"]
     n = len(batch.queries)
     p_all = gather_with_grad(p.float(), info)
-    pids = gather_nograd(batch.pids.to(device), info)
+    pids = gather_nograd(batch.pids.to(device, non_blocking=True), info)
     offset = info.rank * p.shape[0]
     labels = torch.arange(n, device=device) + offset
-    mask = false_negative_mask(batch.row_q.to(device), pids, labels, cfg.known_pairs.to(device), cfg.n_ids)
+    known = cfg.known_pairs if cfg.known_pairs.device == pids.device else cfg.known_pairs.to(device)
+    mask = false_negative_mask(batch.row_q.to(device, non_blocking=True), pids, labels, known, cfg.n_ids)
     if not cfg.in_batch:
         mask |= own_columns_mask(n, cfg.n_neg, p_all.shape[0], offset, device)
     return contrastive_loss(q, p_all, labels, mask, cfg.scale)
@@ -406,11 +425,13 @@ class _BatchSet(torch.utils.data.Dataset):
         return self.make(i).tokenize(self.model)
 
 
-def batch_stream(make: Callable[[int], BatchTensors], model, first: int, end: int, workers: int):
+def batch_stream(make: Callable[[int], BatchTensors], model, first: int, end: int, workers: int,
+                 pin: bool = False):
     """Yield ``make(i).tokenize(model)`` for i in [first, end), prepared ahead of use: by ``workers`` forked
     processes (a DataLoader; batches arrive in order) or, with 0 workers, by one background thread one
-    batch ahead (the Rust tokenizer releases the GIL). Close the generator before using the tokenizer
-    elsewhere (validation): closing waits for the background thread."""
+    batch ahead (the Rust tokenizer releases the GIL); with ``pin`` (a CUDA device) in page-locked memory.
+    Close the generator before using the tokenizer elsewhere (validation): closing waits for the
+    background thread."""
     if first >= end:
         return
     if workers > 0:
@@ -419,16 +440,21 @@ def batch_stream(make: Callable[[int], BatchTensors], model, first: int, end: in
         loader = torch.utils.data.DataLoader(
             _BatchSet(make, model), batch_size=None, sampler=range(first, end), num_workers=workers,
             prefetch_factor=2, multiprocessing_context=mp.get_context("fork"), collate_fn=lambda b: b,
+            pin_memory=pin,
             generator=torch.Generator())  # its own seed source: the global RNG (dropout) stays as on CPU
         yield from loader
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    def ready(i: int) -> BatchTensors:
+        b = make(i).tokenize(model)
+        return b.pin_memory() if pin else b
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eft-tokenize") as pool:
-        ahead = pool.submit(lambda i: make(i).tokenize(model), first)
+        ahead = pool.submit(ready, first)
         for i in range(first, end):
             batch = ahead.result()
-            ahead = pool.submit(lambda j: make(j).tokenize(model), i + 1) if i + 1 < end else None
+            ahead = pool.submit(ready, i + 1) if i + 1 < end else None
             yield batch
             if ahead is None:
                 break

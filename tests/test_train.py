@@ -187,7 +187,14 @@ def test_training_lowers_loss_and_beats_the_base_model(trained):
     tuned = SentenceTransformer(str(out / "model"), device="cpu")
     assert tuned.encode(["hello"]).shape == (1, 384)
     assert (out / "training_curve.png").stat().st_size > 1000
-    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10"}
+    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10", "train_seconds"}
+    # Every step's finishing time: non-decreasing, the last one the stage's whole training time.
+    t = [float(r["train_seconds"]) for r in rows if r["loss"]]
+    assert all(b >= a for a, b in zip(t, t[1:])) and t[0] > 0
+    assert abs(t[-1] - manifest["details"]["trainSeconds"]) <= 0.1 + 0.01 * t[-1]
+    assert manifest["details"]["compile"] == {"setting": "auto", "enabled": False,
+                                              "reason": manifest["details"]["compile"]["reason"]}
+    assert "not on a GPU" in manifest["details"]["compile"]["reason"]
     c = manifest["counts"]
     assert c["rows"] == len(TRAIN_UNITS) * 3 + 2 and c["batch_size"] == 16 and c["epochs"] == 2
     assert c["best_epoch"] in (1, 2) and c["rows_per_second"] > 0

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU run (device tool): train throughput (ours vs sentence-transformers' trainer), the
-# per-phase step breakdown, then a sweep of the NFCorpus quality benchmark (both modes, several recipes) in
+# One prepared GPU run (device tool): train throughput (the train stage, eager and compiled, vs
+# sentence-transformers' trainer, same run), the per-phase step breakdown, then NFCorpus quality runs in
 # parallel lanes on the one GPU. First `python bench/device/make_carry.py`, then run
 #   bash bench/device/run.sh      with carry [".whl", ".devmodel", ".devdata"]
-# (the session of 2026-11-27 used about 7 min of H200 time for it; results in bench/results/).
 # Env: DATA (BEIR folder; default: unpack .devdata/nfcorpus.tgz), EXTRA (flags for every quality run),
-# TPUT_FLAGS, BREAK_FLAGS, TPUT_TIMEOUT, BREAK_TIMEOUT, LANE_TIMEOUT, SKIP_SETUP=1 + PY (local dry run).
+# QUALITY (flag sets for bench/quality.py separated by ';', one lane each), TPUT_FLAGS, BREAK_FLAGS,
+# TPUT_TIMEOUT, BREAK_TIMEOUT, LANE_TIMEOUT, SKIP_SETUP=1 + PY (local dry run).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT=${OUT:-/tmp/gpuout}; mkdir -p $OUT
@@ -37,25 +37,21 @@ DATA=${DATA:-/tmp/nfcorpus}
 export PY DATA EXTRA="${EXTRA:-}"
 echo "setup $(( $(date +%s) - T0 ))s"
 cat $OUT/card.txt > $OUT/throughput.log 2>/dev/null; rm -f $OUT/card.txt
-timeout ${TPUT_TIMEOUT:-150} $PY bench/train_throughput.py $DATA --also-without-cache ${TPUT_FLAGS:-} >> $OUT/throughput.log 2>&1
+timeout ${TPUT_TIMEOUT:-300} $PY bench/train_throughput.py $DATA ${TPUT_FLAGS:---variants eager,compile} >> $OUT/throughput.log 2>&1
 echo "throughput done at $(( $(date +%s) - T0 ))s" | tee -a $OUT/throughput.log
-timeout ${BREAK_TIMEOUT:-60} $PY bench/train_step_breakdown.py $DATA --profile ${BREAK_FLAGS:-} >> $OUT/throughput.log 2>&1
+timeout ${BREAK_TIMEOUT:-120} $PY bench/train_step_breakdown.py $DATA ${BREAK_FLAGS:---compile --cache-only --profile} >> $OUT/throughput.log 2>&1
 echo "breakdown done at $(( $(date +%s) - T0 ))s" | tee -a $OUT/throughput.log
-grep -v "Loading weights\|it/s\]\|Writing model\|widget" $OUT/throughput.log | tail -60
+grep -v "Loading weights\|it/s\]\|Writing model\|widget\|^RESULT" $OUT/throughput.log | tail -70
 
-lane() {  # lane NAME "flags1" "flags2" ...: quality runs one after another in one workspace
-  local name=$1; shift
-  for flags in "$@"; do
-    echo "### flags: $flags"
-    $PY bench/quality.py $DATA --workspace /tmp/bq/$name $flags ${EXTRA:-} 2>&1 | grep --line-buffered -v "Loading weights\|it/s\]\|Writing model\|Batches:"
-  done
-}
-LT=${LANE_TIMEOUT:-330}
-timeout $LT bash -c "$(declare -f lane); lane A '--mode both'" > $OUT/lane_A.log 2>&1 &
-timeout $LT bash -c "$(declare -f lane); lane B '--negatives 4 --lr 1e-5 --temperature 0.02 --epochs 3 --batch-size auto'" > $OUT/lane_B.log 2>&1 &
-timeout $LT bash -c "$(declare -f lane); lane C '--max-rows-per-question 8'" > $OUT/lane_C.log 2>&1 &
-timeout $LT bash -c "$(declare -f lane); lane D '--negatives 0 --max-rows-per-question 8'" > $OUT/lane_D.log 2>&1 &
-timeout $LT bash -c "$(declare -f lane); lane E '--lr 3e-5' '--temperature 0.1'" > $OUT/lane_E.log 2>&1 &
+LT=${LANE_TIMEOUT:-240}
+IFS=';' read -ra SETS <<< "${QUALITY:---compile always;--compile never}"
+i=0
+for flags in "${SETS[@]}"; do
+  i=$((i + 1))
+  ( echo "### flags: $flags"
+    timeout $LT $PY bench/quality.py $DATA --workspace /tmp/bq/lane$i $flags ${EXTRA:-} 2>&1 \
+      | grep --line-buffered -v "Loading weights\|it/s\]\|Writing model\|Batches:" ) > $OUT/lane_$i.log 2>&1 &
+done
 wait
 echo "all done at $(( $(date +%s) - T0 ))s"
 grep -h "^RESULT" $OUT/lane_*.log | $PY -c "
@@ -63,6 +59,6 @@ import json, sys
 for line in sys.stdin:
     r = json.loads(line[7:]); s = r['settings']; b, t = r['base'] or {}, r['tuned'] or {}
     d = (t.get('ndcg@10', 0) - b.get('ndcg@10', 0)) / b['ndcg@10'] * 100 if b else float('nan')
-    print(f\"{r['mode']:8s} neg {s['negatives']} bs {s['batch_size']:>4} ep {s['epochs']} lr {s['lr']:.0e} T {s['temperature']} cap {s['max_rows_per_question']} L {s['max_seq_length']}: \"
+    print(f\"{r['mode']:8s} compile {s.get('compile')} neg {s['negatives']} bs {s['batch_size']:>4} ep {s['epochs']} lr {s['lr']:.0e} T {s['temperature']} cap {s['max_rows_per_question']} L {s['max_seq_length']}: \"
           f\"nDCG@10 {b.get('ndcg@10', float('nan')):.4f} -> {t.get('ndcg@10', float('nan')):.4f} ({d:+.1f}%) R@10 {b.get('recall@10', float('nan')):.4f} -> {t.get('recall@10', float('nan')):.4f} gate {r['gate']} train {r['train'].get('steps')} steps {r['train'].get('rows_per_second')} rows/s times {r['times']}\")
 " | tee $OUT/summary.txt

@@ -217,7 +217,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     if tr.max_steps:
         total_steps = min(total_steps, tr.max_steps)
     warmup = math.ceil(total_steps * tr.warmup_ratio)
-    train_fwd = TrainForward(model, *decide_compile(tr.compile, device, total_steps))
+    train_fwd = TrainForward(model, *decide_compile(tr.compile, device, total_steps * bs * accum))
 
     params = [p for p in model.parameters() if p.requires_grad]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "LayerNorm" in n or "norm" in n.lower())]

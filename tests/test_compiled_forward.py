@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eft.pipeline import StageFailed, execute_stage
-from eft.stages.compiled_forward import COMPILE_MIN_STEPS, TrainForward, decide_compile
+from eft.stages.compiled_forward import COMPILE_MIN_ROWS, TrainForward, decide_compile
 from tests.test_train import make_spec, write_prepare
 
 
@@ -19,13 +19,13 @@ def losses(ws) -> list[float]:
 
 
 def test_decide_compile():
-    assert decide_compile("never", "cuda:0", 10**6) == (False, "training.compile is 'never'")
+    assert decide_compile("never", "cuda:0", 10**9) == (False, "training.compile is 'never'")
     assert decide_compile("always", "cpu", 1)[0] is True
-    on, why = decide_compile("auto", "cpu", 10**6)
+    on, why = decide_compile("auto", "cpu", 10**9)
     assert not on and "not on a GPU" in why
-    on, why = decide_compile("auto", "cuda:0", COMPILE_MIN_STEPS - 1)
-    assert not on and f"{COMPILE_MIN_STEPS - 1} steps" in why
-    assert decide_compile("auto", "cuda", COMPILE_MIN_STEPS)[0] is True
+    on, why = decide_compile("auto", "cuda:0", COMPILE_MIN_ROWS - 1)
+    assert not on and f"{COMPILE_MIN_ROWS - 1:,} training rows" in why
+    assert decide_compile("auto", "cuda", COMPILE_MIN_ROWS)[0] is True
 
 
 def test_spec_rejects_an_unknown_compile_setting():

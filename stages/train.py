@@ -299,23 +299,23 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     clock = [time.perf_counter()]
 
     def flush() -> None:
-        """Record the pending step: its loss (waits for the GPU to finish it) and the time it finished."""
-        now = time.perf_counter()
+        """Record the pending step, if any: its loss (waits for the GPU to finish it) and the time it finished."""
+        row = None
         if pending:
             row, loss_t = pending.pop()
             row["loss"] = round(float(loss_t), 6)
-            now = time.perf_counter()
-            state.train_seconds += now - clock[0]
-            row["train_seconds"] = round(state.train_seconds, 3)
-            state.curve.append(row)
-            if time.monotonic() - last_report[0] > 30 or row["step"] == total_steps:
-                last_report[0] = time.monotonic()
-                ctx.progress(f"step {row['step']}/{total_steps} epoch {math.ceil(row['epoch'])}/{tr.epochs} "
-                             f"loss {row['loss']:.4f} lr {row['lr']:.2e} "
-                             f"{state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
-        else:
-            state.train_seconds += now - clock[0]
+        now = time.perf_counter()
+        state.train_seconds += now - clock[0]
         clock[0] = now
+        if row is None:
+            return
+        row["train_seconds"] = round(state.train_seconds, 3)
+        state.curve.append(row)
+        if time.monotonic() - last_report[0] > 30 or row["step"] == total_steps:
+            last_report[0] = time.monotonic()
+            ctx.progress(f"step {row['step']}/{total_steps} epoch {math.ceil(row['epoch'])}/{tr.epochs} "
+                         f"loss {row['loss']:.4f} lr {row['lr']:.2e} "
+                         f"{state.rows_seen / max(state.train_seconds, 1e-9):.1f} rows/s")
 
     def restart_clock() -> None:  # after work that is not training (checkpoints, validation)
         clock[0] = time.perf_counter()

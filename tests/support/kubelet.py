@@ -266,6 +266,11 @@ class FakeKubelet:
                     and (s.available_replicas or 0) == want and (s.replicas or 0) == want)
 
         wait_for(step, timeout=timeout, interval=0.3, what=f"deployment {namespace}/{name} to be ready")
+        if wait:
+            # Status counts only pods that are not terminating, so it can read "rolled out" while an old pod
+            # the rollout deleted after this step's reap is still Terminating: reap once more so that every
+            # pod the rollout removed is gone when this returns.
+            self.reap_terminating_pods(namespace)
         return marked
 
 

@@ -18,14 +18,13 @@ of :class:`eft.spec.EmbeddingFinetuneSpec` turned into a *structural* OpenAPI v3
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eft.generated_file import generated_file_main
 from eft.spec import API_GROUP, API_VERSION, KIND, PLURAL, STAGES, EmbeddingFinetuneSpec
 
 SINGULAR = KIND.lower()
@@ -479,27 +478,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="eft crd", description="print the EmbeddingFinetune CRD generated from "
-                                "the spec model")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true", help=f"write {CRD_FILE.relative_to(REPO)}")
-    g.add_argument("--check", action="store_true", help=f"exit 1 when {CRD_FILE.relative_to(REPO)} is stale")
-    args = p.parse_args(argv)
-    text = render()
-    if args.write:
-        CRD_FILE.parent.mkdir(parents=True, exist_ok=True)
-        CRD_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {CRD_FILE}")
-        return 0
-    if args.check:
-        current = CRD_FILE.read_text(encoding="utf-8") if CRD_FILE.exists() else ""
-        if current != text:
-            print(f"{CRD_FILE} is stale: run `eft crd --write`", file=sys.stderr)
-            return 1
-        print(f"{CRD_FILE} is up to date")
-        return 0
-    sys.stdout.write(text)
-    return 0
+    return generated_file_main(argv, prog="eft crd", description="print the EmbeddingFinetune CRD generated from "
+                               "the spec model", path=CRD_FILE, shown=str(CRD_FILE.relative_to(REPO)),
+                               render=render, rewrite="eft crd --write")
 
 
 if __name__ == "__main__":

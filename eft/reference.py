@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import types
 import typing
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from eft.generated_file import generated_file_main
 from eft.spec import API_GROUP, API_VERSION, EmbeddingFinetuneSpec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
@@ -90,23 +89,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eft.reference")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true")
-    g.add_argument("--check", action="store_true")
-    args = ap.parse_args(argv)
-    text = render()
-    if args.write:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(text, encoding="utf-8")
-        print(f"wrote {DOC}")
-    elif args.check:
-        if not DOC.is_file() or DOC.read_text(encoding="utf-8") != text:
-            print(f"{DOC} is stale: run python -m eft.reference --write", file=sys.stderr)
-            return 1
-    else:
-        sys.stdout.write(text)
-    return 0
+    return generated_file_main(argv, prog="python -m eft.reference", description="print the spec reference "
+                               "generated from the spec model", path=DOC, shown="docs/reference.md",
+                               render=render, rewrite="python -m eft.reference --write")
 
 
 if __name__ == "__main__":

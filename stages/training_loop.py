@@ -146,19 +146,15 @@ def allreduce_gradients(params: list[torch.nn.Parameter], info: DistInfo, bucket
             off += g.numel()
 
 
-def allreduce_mean(x: float | torch.Tensor, info: DistInfo) -> float | torch.Tensor:
-    """Mean over ranks. A tensor stays on its device (no wait for the GPU); a float comes back a float."""
+def allreduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean over ranks of a scalar tensor; the result stays on the device (nothing waits for the GPU)."""
     if not info.enabled:
         return x
     import torch.distributed as dist
 
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to(torch.float64).reshape(1).clone()
-        dist.all_reduce(t)
-        return t / info.world_size
-    t = torch.tensor([x], dtype=torch.float64, device=info.device)
+    t = x.detach().to(torch.float64).reshape(1).clone()
     dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+    return t / info.world_size
 
 
 def allreduce_min(x: int, info: DistInfo) -> int:

@@ -320,7 +320,7 @@ else:
 loss = tl.batch_loss(model, batch(rows), cfg, info)
 loss.backward()
 tl.allreduce_gradients(list(model.parameters()), info)
-mean_loss = tl.allreduce_mean(float(loss), info)
+mean_loss = float(tl.allreduce_mean(loss.detach(), info))
 if info.rank == 0:
     torch.save({"loss": mean_loss, "grad": model.lin.weight.grad.clone()}, out)
 del loss  # the stage's loss is out of scope when it leaves the group; the module-level one must go too

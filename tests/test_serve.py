@@ -151,8 +151,13 @@ BAD = {
     "null in list": ({"model": MODEL, "input": ["a", None]}, 400, "input"),
     "object input": ({"model": MODEL, "input": {"text": "a"}}, 400, "input"),
     "number input": ({"model": MODEL, "input": 7}, 400, "input"),
-    "token ids": ({"model": MODEL, "input": [101, 2054, 102]}, 400, "input"),
-    "token id arrays": ({"model": MODEL, "input": [[101, 102], [101, 7592, 102]]}, 400, "input"),
+    "lone surrogate": ({"model": MODEL, "input": "a\ud800b"}, 400, "input"),
+    "lone surrogate in list": ({"model": MODEL, "input": ["fine", "\udfff"]}, 400, "input"),
+    "token id not in vocabulary": ({"model": MODEL, "input": [101, 10 ** 12]}, 400, "input"),
+    "negative token id": ({"model": MODEL, "input": [[5, -1]]}, 400, "input"),
+    "empty token array": ({"model": MODEL, "input": [[1, 2], []]}, 400, "input"),
+    "text mixed with token ids": ({"model": MODEL, "input": ["a", [1, 2]]}, 400, "input"),
+    "float in token array": ({"model": MODEL, "input": [[1, 2.5]]}, 400, "input"),
     "missing input": ({"model": MODEL}, 400, "input"),
     "missing model": ({"input": "a"}, 400, "model"),
     "model not a string": ({"model": 3, "input": "a"}, 400, "model"),
@@ -195,8 +200,12 @@ def test_bad_json_requests(strict_server, case):
 
 
 @pytest.mark.parametrize("raw", [b"{", b'{"model": "tiny-embed", "input": ["a",]}', b"\xff\xfe\x00garbage", b"",
-                                 b"[" * 100_00 + b"]" * 100_00],
-                         ids=["truncated", "trailing comma", "not utf-8", "empty body", "deep nesting"])
+                                 b"[" * 100_00 + b"]" * 100_00,
+                                 b'{"model": "tiny-embed", "input": "a", "input": "b"}',
+                                 b'{"model": "tiny-embed", "input": "a", "dimensions": NaN}',
+                                 b'{"model": "tiny-embed", "input": "a", "dimensions": ' + b"9" * 5000 + b"}"],
+                         ids=["truncated", "trailing comma", "not utf-8", "empty body", "deep nesting",
+                              "duplicate key", "NaN", "integer past the digit limit"])
 def test_malformed_bodies(strict_server, raw):
     r = httpx.post(strict_server.url + "/v1/embeddings", content=raw, headers={"content-type": "application/json"})
     _check_error(r, 400)
@@ -220,8 +229,9 @@ def test_openai_client_sees_errors(strict_server):
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model=MODEL, input=[])
     assert e.value.body["param"] == "input"
-    with pytest.raises(openai.BadRequestError):
-        client.embeddings.create(model=MODEL, input=[[1, 2, 3]])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=MODEL, input=[[1, 2, 10 ** 9]])
+    assert e.value.body["code"] == "invalid_token_id" and "cl100k_base" in e.value.body["message"]
 
 
 def test_unknown_route_and_method(server):

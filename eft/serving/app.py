@@ -1,8 +1,7 @@
 """The FastAPI application: OpenAI-compatible /v1/embeddings and /v1/models, health, metrics.
 
-Request bodies are read and validated by hand (not through pydantic models) so that every malformed
-request gets an OpenAI-shaped 4xx error — {"error": {"message", "type", "param", "code"}} — with the
-offending parameter named, and nothing a client sends can produce a 500.
+Request bodies are parsed in eft/serving/requests.py (every client mistake is an OpenAI-shaped 4xx);
+token-id inputs are decoded as eft/serving/token_ids.py explains.
 """
 
 from __future__ import annotations
@@ -26,11 +25,11 @@ from starlette.responses import Response
 from eft.serving.backends import Backend, TextTokenizer
 from eft.serving.batcher import Closed, DynamicBatcher, Overloaded
 from eft.serving.metrics import ServerMetrics
+from eft.serving.requests import ApiError, parse_json, parse_request
+from eft.serving.token_ids import CLIENT_HINT, TokenIdError, make_decoder
 
 log = logging.getLogger("eft.serving")
 
-ALLOWED_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "input_type")
-INPUT_TYPES = {"query": "query", "passage": "passage", "document": "passage"}
 # Above this many characters a request is tokenized off the event loop.
 _THREAD_TOKENIZE_CHARS = 20_000
 
@@ -50,18 +49,7 @@ class ServerConfig:
     query_prefix: str | None = None  # override the model's
     passage_prefix: str | None = None
     warmup: bool = True
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code or {400: "invalid_request", 404: "not_found", 413: "payload_too_large",
-                             503: "service_unavailable"}.get(status, "error")
-        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+    token_ids: str = "cl100k_base"  # how token-id inputs are read: see eft/serving/token_ids.py
 
 
 def error_body(status: int, message: str, type_: str, param: str | None, code: str | None) -> bytes:
@@ -77,88 +65,6 @@ def api_error_response(e: ApiError) -> Response:
     headers = {"Retry-After": "1"} if e.status == 503 else None
     return Response(error_body(e.status, e.message, e.type, e.param, e.code), status_code=e.status,
                     media_type="application/json", headers=headers)
-
-
-@dataclass
-class EmbeddingRequest:
-    texts: list[str]
-    model: str
-    encoding_format: str
-    dimensions: int | None
-    input_type: str | None
-
-
-def _type_name(v: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-            type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def parse_request(payload: Any, cfg: ServerConfig, served_name: str, dim: int) -> EmbeddingRequest:
-    if not isinstance(payload, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {_type_name(payload)}")
-    unknown = [k for k in payload if k not in ALLOWED_FIELDS]
-    if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
-                       code="unknown_parameter")
-    if "model" not in payload:
-        raise ApiError(400, "you must provide a model parameter", param="model", code="missing_required_parameter")
-    model = payload["model"]
-    if not isinstance(model, str):
-        raise ApiError(400, f"'model' must be a string, got {_type_name(model)}", param="model", code="invalid_type")
-    if model != served_name:
-        raise ApiError(404, f"The model '{model}' does not exist; this server serves '{served_name}'", param="model",
-                       code="model_not_found")
-    if "input" not in payload:
-        raise ApiError(400, "you must provide an input parameter", param="input", code="missing_required_parameter")
-    raw = payload["input"]
-    if isinstance(raw, str):
-        texts = [raw]
-    elif isinstance(raw, list):
-        if not raw:
-            raise ApiError(400, "'input' must not be an empty array", param="input", code="empty_input")
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) or all(
-                isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in raw):
-            raise ApiError(400, "token-id arrays are not supported by this server: send the text as a string or an "
-                           "array of strings", param="input", code="token_ids_not_supported")
-        for i, x in enumerate(raw):
-            if not isinstance(x, str):
-                raise ApiError(400, f"'input[{i}]' must be a string, got {_type_name(x)}", param="input",
-                               code="invalid_type")
-        texts = raw
-    else:
-        raise ApiError(400, f"'input' must be a string or an array of strings, got {_type_name(raw)}",
-                       param="input", code="invalid_type")
-    if len(texts) > cfg.max_inputs:
-        raise ApiError(400, f"too many inputs: {len(texts)}, the maximum per request is {cfg.max_inputs}",
-                       param="input", code="too_many_inputs")
-    for i, t in enumerate(texts):
-        if t == "":
-            where = "'input'" if isinstance(raw, str) else f"'input[{i}]'"
-            raise ApiError(400, f"{where} must not be an empty string", param="input", code="empty_input")
-    fmt = payload.get("encoding_format")
-    if fmt is None:
-        fmt = "float"
-    if fmt not in ("float", "base64"):
-        raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}",
-                       param="encoding_format", code="invalid_value")
-    dims = payload.get("dimensions")
-    if dims is not None:
-        if not isinstance(dims, int) or isinstance(dims, bool):
-            raise ApiError(400, f"'dimensions' must be an integer, got {_type_name(dims)}", param="dimensions",
-                           code="invalid_type")
-        if dims < 1 or dims > dim:
-            raise ApiError(400, f"'dimensions' must be between 1 and {dim} (the model's dimension), got {dims}",
-                           param="dimensions", code="invalid_value")
-    user = payload.get("user")
-    if user is not None and not isinstance(user, str):
-        raise ApiError(400, f"'user' must be a string, got {_type_name(user)}", param="user", code="invalid_type")
-    itype = payload.get("input_type")
-    if itype is not None:
-        if not isinstance(itype, str) or itype not in INPUT_TYPES:
-            raise ApiError(400, f"'input_type' must be 'query' or 'passage', got {itype!r}", param="input_type",
-                           code="invalid_value")
-        itype = INPUT_TYPES[itype]
-    return EmbeddingRequest(texts, model, fmt, dims, itype)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -196,6 +102,7 @@ class ServerState:
         self.limit = 0
         self.name = ""
         self.prefix = {"query": "", "passage": ""}
+        self.token_decoder: Any = None
         self.loaded = threading.Event()
 
 
@@ -229,6 +136,7 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
                 "query": backend.info.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
                 "passage": backend.info.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
             }
+            state.token_decoder = make_decoder(cfg.token_ids, backend.tokenizer.decode, backend.tokenizer.vocab_size)
             if cfg.warmup:
                 t0 = time.perf_counter()
                 warm_up(backend, cfg.max_batch_size)
@@ -357,16 +265,11 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         body = await read_body(request, cfg.max_request_bytes)
         if state.status != "ready":
             raise _not_ready()
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
-        except RecursionError:
-            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
+        payload = parse_json(body)
         backend, batcher, tok = state.backend, state.batcher, state.tokenizer
         assert backend is not None and batcher is not None and tok is not None
-        req = parse_request(payload, cfg, state.name, backend.info.dimension)
-        texts = req.texts
+        req = parse_request(payload, cfg.max_inputs, state.name, backend.info.dimension)
+        texts = req.texts if req.texts is not None else await _decode_token_ids(req.token_ids or [])
         prefix = state.prefix.get(req.input_type or "", "")
         if prefix:
             texts = [prefix + t for t in texts]
@@ -397,6 +300,23 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
             data = [{"object": "embedding", "index": i, "embedding": rows[i]} for i in range(len(rows))]
         return json_response({"object": "list", "data": data, "model": state.name,
                               "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    async def _decode_token_ids(arrays: list[list[int]]) -> list[str]:
+        decoder = state.token_decoder
+        if decoder is None:
+            raise ApiError(400, f"token-id input is turned off on this server (--token-ids reject): send text; "
+                           f"{CLIENT_HINT}", param="input", code="token_ids_not_supported")
+        single = len(arrays) == 1
+
+        def decode() -> list[str]:
+            return [decoder.decode(ids, "'input'" if single else f"'input[{i}]'") for i, ids in enumerate(arrays)]
+
+        try:
+            if sum(len(a) for a in arrays) > _THREAD_TOKENIZE_CHARS:
+                return await asyncio.to_thread(decode)
+            return decode()
+        except TokenIdError as exc:
+            raise ApiError(400, str(exc), param="input", code="invalid_token_id") from None
 
     return app
 

@@ -81,6 +81,16 @@ class TextTokenizer:
             return TextTokenizer(max_length, hf_tokenizer=self._hf)
         return TextTokenizer(max_length, folder=self._folder)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._fast.get_vocab_size() if self._fast is not None else len(self._hf)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the model's own token ids, special tokens left out (encode adds them back)."""
+        if self._fast is not None:
+            return self._fast.decode(list(ids), skip_special_tokens=True)
+        return self._hf.decode(list(ids), skip_special_tokens=True)
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         if self._fast is not None:
             tok = self._fast_trunc if truncate else self._fast

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per text (default and maximum: the model's max sequence length)")
     p.add_argument("--on-too-long", choices=("truncate", "error"), default="truncate",
                    help="a text over --max-input-tokens is truncated (default) or answered with 400")
+    p.add_argument("--token-ids", choices=("cl100k_base", "o200k_base", "model", "reject"), default="cl100k_base",
+                   help="how token-id inputs are read: decoded from tiktoken cl100k_base (what OpenAI clients such "
+                   "as LangChain send; default) or o200k_base, from the served model's own tokenizer, or refused")
     p.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, help="request body limit (413 above)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per forward pass")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         on_too_long=args.on_too_long, max_request_bytes=args.max_request_bytes,
         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, max_padding=args.max_padding, query_prefix=args.query_prefix,
-        passage_prefix=args.passage_prefix)
+        passage_prefix=args.passage_prefix, token_ids=args.token_ids)
 
     def loader():
         return load_backend(Path(args.model), backend=backend_kind, variant=args.variant, device=args.device,

@@ -26,7 +26,7 @@ from eft.serving.backends import Backend, TextTokenizer
 from eft.serving.batcher import Closed, DynamicBatcher, Overloaded
 from eft.serving.metrics import ServerMetrics
 from eft.serving.requests import ApiError, parse_json, parse_request
-from eft.serving.token_ids import CLIENT_HINT, TokenIdError, make_decoder
+from eft.serving.token_ids import CLIENT_HINT, ModelTokenIds, TokenIdError, make_decoder
 
 log = logging.getLogger("eft.serving")
 
@@ -103,6 +103,7 @@ class ServerState:
         self.name = ""
         self.prefix = {"query": "", "passage": ""}
         self.token_decoder: Any = None
+        self.frame: tuple[list[int], list[int]] = ([], [])  # the model's special tokens around a text
         self.loaded = threading.Event()
 
 
@@ -136,7 +137,8 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
                 "query": backend.info.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
                 "passage": backend.info.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
             }
-            state.token_decoder = make_decoder(cfg.token_ids, backend.tokenizer.decode, backend.tokenizer.vocab_size)
+            state.token_decoder = make_decoder(cfg.token_ids, backend.tokenizer.vocab_size)
+            state.frame = backend.tokenizer.frame()
             if cfg.warmup:
                 t0 = time.perf_counter()
                 warm_up(backend, cfg.max_batch_size)
@@ -269,14 +271,18 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         backend, batcher, tok = state.backend, state.batcher, state.tokenizer
         assert backend is not None and batcher is not None and tok is not None
         req = parse_request(payload, cfg.max_inputs, state.name, backend.info.dimension)
-        texts = req.texts if req.texts is not None else await _decode_token_ids(req.token_ids or [])
         prefix = state.prefix.get(req.input_type or "", "")
-        if prefix:
-            texts = [prefix + t for t in texts]
-        if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
-            ids = await asyncio.to_thread(_tokenize, tok, texts, state.limit, cfg.on_too_long)
+        if req.token_ids is not None and isinstance(state.token_decoder, ModelTokenIds):
+            ids = _frame_model_ids(tok, state.token_decoder, req.token_ids, prefix, state.frame, state.limit,
+                                   cfg.on_too_long)
         else:
-            ids = _tokenize(tok, texts, state.limit, cfg.on_too_long)
+            texts = req.texts if req.texts is not None else await _decode_token_ids(req.token_ids or [])
+            if prefix:
+                texts = [prefix + t for t in texts]
+            if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+                ids = await asyncio.to_thread(_tokenize, tok, texts, state.limit, cfg.on_too_long)
+            else:
+                ids = _tokenize(tok, texts, state.limit, cfg.on_too_long)
         try:
             emb = await batcher.embed(ids[0])
         except Overloaded as exc:
@@ -284,7 +290,7 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         except Closed:
             raise ApiError(503, "the server is shutting down", code="shutting_down") from None
         n_tokens = sum(len(x) for x in ids[0])
-        metrics.inputs.inc(len(texts))
+        metrics.inputs.inc(req.count)
         metrics.tokens.inc(n_tokens)
         if ids[1]:
             metrics.truncated.inc(ids[1])
@@ -336,3 +342,26 @@ def _tokenize(tok: TextTokenizer, texts: list[str], limit: int, on_too_long: str
     for i, row in zip(long_, cut):
         ids[i] = row
     return ids, len(long_)
+
+
+def _frame_model_ids(tok: TextTokenizer, reader: ModelTokenIds, arrays: list[list[int]], prefix: str,
+                     frame: tuple[list[int], list[int]], limit: int, on_too_long: str) -> tuple[list[list[int]], int]:
+    """--token-ids model: the client's ids (prefix ids first) between the model's special tokens, cut like text."""
+    pre, post = frame
+    prefix_ids = tok.encode_bare(prefix) if prefix else []
+    room = limit - len(pre) - len(post)
+    out, cut = [], 0
+    for i, arr in enumerate(arrays):
+        where = "'input'" if len(arrays) == 1 else f"'input[{i}]'"
+        try:
+            body = prefix_ids + reader.check(arr, where)
+        except TokenIdError as exc:
+            raise ApiError(400, str(exc), param="input", code="invalid_token_id") from None
+        if len(body) > room:
+            if on_too_long == "error":
+                raise ApiError(400, f"{where} is {len(body) + len(pre) + len(post)} tokens long, the maximum is "
+                               f"{limit}; shorten it (this server does not truncate)", param="input",
+                               code="input_too_long")
+            body, cut = body[:room], cut + 1
+        out.append(pre + body + post)
+    return out, cut

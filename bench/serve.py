@@ -7,6 +7,8 @@ Same model, same texts, same CPUs, one run each. For every concurrency level C:
   * Infinity (infinity-emb, the server users pick instead): its torch engine and its optimum (ONNX Runtime)
     engine on a graph optimum exports, fp32 and its preferred int8 on CPU, from .venv-infinity
     (`make bench-infinity`), on the same tuned model folder, same client, same threads.
+  * fastembed: in-process like ST encode, on the export's own ONNX files (fp32, int8) loaded offline as a
+    custom model.
   * ST encode: the texts in consecutive groups of C, each group one `model.encode(group, batch_size=C)`
     call — an in-process caller with perfect batching of C concurrent requests. Latency of a text is
     its group's encode time.
@@ -149,6 +151,39 @@ def bench_st(st, texts: list[str], conc: int, device: str) -> dict:
         lat += [time.perf_counter() - t] * len(group)
     wall = time.perf_counter() - t0
     return {"tps": len(texts) / wall, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000}
+
+
+def bench_fastembed(model_dir: Path, variant: str, texts: list[str], levels: list[int], threads: int,
+                    check: tuple[list[str], np.ndarray]) -> dict:
+    """fastembed (in-process, ONNX Runtime) on the export's own ONNX file, loaded offline as a custom model;
+    timed like ST encode: groups of C texts, one `embed(group, batch_size=C)` each."""
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    name = f"eft-bench/{variant}"
+    file = {"fp32": "model.onnx", "int8": "model.int8.onnx"}[variant]
+    if name not in {d["model"] for d in TextEmbedding.list_supported_models()}:
+        # The graph ends in the pooled, normalised embedding: fastembed must neither pool nor normalise again.
+        TextEmbedding.add_custom_model(model=name, pooling=PoolingType.DISABLED, normalization=False,
+                                       sources=ModelSource(hf=name), dim=int(check[1].shape[1]), model_file=file,
+                                       output_name="sentence_embedding")
+    m = TextEmbedding(name, specific_model_path=str(model_dir), threads=threads)
+    got = np.array(list(m.embed(check[0])), dtype=np.float32)
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    out: dict = {"cosine": float((got * check[1]).sum(1).min())}
+    for conc in levels:
+        list(m.embed(texts[:conc], batch_size=conc))  # warm-up
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), conc):
+            group = texts[i : i + conc]
+            t = time.perf_counter()
+            list(m.embed(group, batch_size=conc))
+            lat += [time.perf_counter() - t] * len(group)
+        wall = time.perf_counter() - t0
+        out[conc] = {"tps": len(texts) / wall, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000}
+        print(f"  fastembed {variant} c={conc}: {out[conc]['tps']:.1f} texts/s", file=sys.stderr)
+    return out
 
 
 class _Http:
@@ -376,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="virtual environment with infinity-emb (make bench-infinity builds .venv-infinity); "
                    "default: .venv-infinity when present")
     p.add_argument("--infinity-engines", default="torch,optimum,optimum-int8")
+    p.add_argument("--no-fastembed", action="store_true", help="leave out the fastembed peer")
     p.add_argument("--server-arg", action="append", default=[], help="extra `eft serve` argument (repeatable)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -439,6 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     del st
     if a.device == "cuda":
         torch.cuda.empty_cache()
+
+    if a.device == "cpu" and manifest and not a.no_fastembed:
+        for v in ("fp32", "int8"):
+            if v in manifest.get("served_variants", []):
+                try:
+                    results[f"fastembed {v} (eft's ONNX, in-process)"] = bench_fastembed(model_dir, v, texts, levels,
+                                                                                         threads, check)
+                except ImportError:
+                    print("  no fastembed (pip install -e '.[bench]')", file=sys.stderr)
+                    break
 
     contenders = []
     for backend, v in variants:

@@ -1,6 +1,6 @@
 """The FastAPI application: OpenAI-compatible /v1/embeddings and /v1/models, health, metrics.
 
-Request bodies are parsed in eft/serving/requests.py (every client mistake is an OpenAI-shaped 4xx);
+Request bodies are parsed in eft/serving/parsing.py (every client mistake is an OpenAI-shaped 4xx);
 token-id inputs are decoded as eft/serving/token_ids.py explains.
 """
 
@@ -25,7 +25,7 @@ from starlette.responses import Response
 from eft.serving.backends import Backend, TextTokenizer
 from eft.serving.batcher import Closed, DynamicBatcher, Overloaded
 from eft.serving.metrics import ServerMetrics
-from eft.serving.requests import ApiError, parse_json, parse_request
+from eft.serving.parsing import ApiError, parse_json, parse_request
 from eft.serving.token_ids import CLIENT_HINT, ModelTokenIds, TokenIdError, make_decoder
 
 log = logging.getLogger("eft.serving")

@@ -72,10 +72,16 @@ def write_classic_layout(folder: Path, max_seq_length: int, do_lower_case: bool 
     """Rewrite a saved sentence-transformers folder's layout files into the classic form (idempotent)."""
     folder = Path(folder)
     modules = _read(folder / "modules.json")
+    # Every module is checked before any file is written: a refusal leaves the folder as it was saved.
+    unknown = [m["type"] for m in modules if _class_name(m["type"]) not in CLASSIC_MODULES]
+    if unknown:
+        raise LayoutError(f"module {unknown[0]} has no classic sentence-transformers equivalent")
+    for m in modules:
+        if _class_name(m["type"]) == "Pooling":
+            pool_dir = folder / m["path"] if m["path"] else folder
+            classic_pooling_config(_read(pool_dir / "config.json"))  # raises for a mode with no classic key
     for m in modules:
         name = _class_name(m["type"])
-        if name not in CLASSIC_MODULES:
-            raise LayoutError(f"module {m['type']} has no classic sentence-transformers equivalent")
         m["type"] = CLASSIC_MODULES[name]
         sub = folder / m["path"] if m["path"] else folder
         if name == "Transformer":

@@ -77,8 +77,11 @@ def test_unknown_module_is_refused_not_guessed(saved, tmp_path):
     modules = json.loads((copy / "modules.json").read_text())
     modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.base.modules.Dense"})
     (copy / "modules.json").write_text(json.dumps(modules))
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     with pytest.raises(LayoutError, match="no classic"):
         write_classic_layout(copy, 200)
+    # Refused before anything was written: no folder half in one layout, half in the other.
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
 def test_installed_sentence_transformers_loads_it(saved, classic):

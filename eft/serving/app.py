@@ -25,8 +25,8 @@ from starlette.responses import Response
 from eft.serving.backends import Backend, TextTokenizer
 from eft.serving.batcher import Closed, DynamicBatcher, Overloaded
 from eft.serving.metrics import ServerMetrics
-from eft.serving.parsing import ApiError, parse_json, parse_request
-from eft.serving.token_ids import CLIENT_HINT, ModelTokenIds, TokenIdError, make_decoder
+from eft.serving.parsing import ApiError, EmbeddingRequest, parse_json, parse_request
+from eft.serving.token_ids import CLIENT_HINT, ModelTokenIds, TiktokenDecoder, TokenIdError, make_decoder
 
 log = logging.getLogger("eft.serving")
 
@@ -102,7 +102,7 @@ class ServerState:
         self.limit = 0
         self.name = ""
         self.prefix = {"query": "", "passage": ""}
-        self.token_decoder: Any = None
+        self.token_decoder: TiktokenDecoder | ModelTokenIds | None = None  # None: --token-ids reject
         self.frame: tuple[list[int], list[int]] = ([], [])  # the model's special tokens around a text
         self.loaded = threading.Event()
 
@@ -123,51 +123,10 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
     metrics = ServerMetrics()
     state = ServerState()
 
-    def _load() -> None:
-        try:
-            backend = loader() if callable(loader) and not isinstance(loader, Backend) else loader
-            assert isinstance(backend, Backend)
-            max_len = backend.info.max_length
-            limit = min(cfg.max_input_tokens or max_len, max_len)
-            state.tokenizer = backend.tokenizer if limit == backend.tokenizer.max_length else \
-                backend.tokenizer.with_max_length(limit)
-            state.limit = limit
-            state.name = cfg.model_name or backend.info.name
-            state.prefix = {
-                "query": backend.info.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
-                "passage": backend.info.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
-            }
-            state.token_decoder = make_decoder(cfg.token_ids, backend.tokenizer.vocab_size)
-            state.frame = backend.tokenizer.frame()
-            if cfg.warmup:
-                t0 = time.perf_counter()
-                warm_up(backend, cfg.max_batch_size)
-                log.info("warm-up done in %.2fs", time.perf_counter() - t0)
-            if state.status != "loading":  # shut down while loading: nothing to serve any more
-                backend.close()
-                return
-            batcher = DynamicBatcher(backend, cfg.max_batch_tokens, cfg.max_batch_size, cfg.max_wait_ms,
-                                     cfg.max_queue, metrics, max_padding=cfg.max_padding)
-            batcher.start()
-            state.backend, state.batcher = backend, batcher
-            state.status = "ready"
-            metrics.ready.set(1)
-            log.info("ready: serving %s as '%s' (dim %d, max %d tokens)", backend.describe(), state.name,
-                     backend.info.dimension, limit)
-        except Exception as exc:  # reported, then the CLI exits non-zero
-            state.status = "failed"
-            state.error = str(exc) or type(exc).__name__
-            log.error("model load failed: %s", state.error)
-            if not isinstance(exc, (ValueError, OSError)) and type(exc).__name__ != "ModelRefused":
-                log.debug("load failure", exc_info=True)
-            if on_fatal:
-                on_fatal(state.error)
-        finally:
-            state.loaded.set()
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=_load, name="eft-model-load", daemon=True).start()
+        threading.Thread(target=_load_into, args=(state, cfg, loader, metrics, on_fatal), name="eft-model-load",
+                         daemon=True).start()
         yield
         if state.status != "failed":
             state.status = "draining"
@@ -183,6 +142,15 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
     app.state.metrics = metrics
     app.state.config = cfg
 
+    _add_error_handlers(app, metrics)
+    _add_health_routes(app, state, metrics)
+    _add_model_routes(app, state)
+    _add_embeddings_route(app, state, cfg, metrics)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    """Every error, routing ones included, in OpenAI's JSON shape."""
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         msg = {404: f"Unknown path {request.url.path}",
@@ -199,6 +167,9 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         metrics.errors.labels("internal_error").inc()
         return api_error_response(ApiError(500, "internal server error", code="internal_error"))
 
+
+def _add_health_routes(app: FastAPI, state: ServerState, metrics: ServerMetrics) -> None:
+    """/health/live, /health/ready (what the readiness probe reads) and /metrics."""
     @app.get("/health/live")
     async def live() -> Response:
         return json_response({"status": "alive"})
@@ -219,6 +190,9 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def _add_model_routes(app: FastAPI, state: ServerState) -> None:
+    """/v1/models and /v1/models/{id}."""
     def _model_card() -> dict[str, Any]:
         created = state.backend.info.created if state.backend else 0
         return {"id": state.name, "object": "model", "created": created, "owned_by": "eft"}
@@ -226,30 +200,26 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
     @app.get("/v1/models")
     async def models() -> Response:
         if state.status not in ("ready", "draining"):
-            return api_error_response(_not_ready())
+            return api_error_response(_not_ready(state))
         return json_response({"object": "list", "data": [_model_card()]})
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> Response:
         if state.status not in ("ready", "draining"):
-            return api_error_response(_not_ready())
+            return api_error_response(_not_ready(state))
         if model_id != state.name:
             return api_error_response(ApiError(404, f"The model '{model_id}' does not exist", param="model",
                                                code="model_not_found"))
         return json_response(_model_card())
 
-    def _not_ready() -> ApiError:
-        if state.status == "failed":
-            return ApiError(503, f"the model failed to load: {state.error}", code="model_load_failed")
-        if state.status == "draining":
-            return ApiError(503, "the server is shutting down", code="shutting_down")
-        return ApiError(503, "the model is loading; retry shortly", code="model_loading")
 
+def _add_embeddings_route(app: FastAPI, state: ServerState, cfg: ServerConfig, metrics: ServerMetrics) -> None:
+    """POST /v1/embeddings: the answer or an OpenAI-shaped error, counted and timed."""
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            resp = await _embeddings(request)
+            resp = await _embeddings(request, state, cfg, metrics)
             status = 200
         except ApiError as e:
             resp, status = api_error_response(e), e.status
@@ -263,68 +233,128 @@ def create_app(cfg: ServerConfig, loader: Callable[[], Backend] | Backend,
         metrics.request_latency.labels(str(status)).observe(time.perf_counter() - t0)
         return resp
 
-    async def _embeddings(request: Request) -> Response:
-        body = await read_body(request, cfg.max_request_bytes)
-        if state.status != "ready":
-            raise _not_ready()
-        payload = parse_json(body)
-        backend, batcher, tok = state.backend, state.batcher, state.tokenizer
-        assert backend is not None and batcher is not None and tok is not None
-        req = parse_request(payload, cfg.max_inputs, state.name, backend.info.dimension)
-        prefix = state.prefix.get(req.input_type or "", "")
-        if req.token_ids is not None and isinstance(state.token_decoder, ModelTokenIds):
-            ids = _frame_model_ids(tok, state.token_decoder, req.token_ids, prefix, state.frame, state.limit,
-                                   cfg.on_too_long)
+
+def _load_into(state: ServerState, cfg: ServerConfig, loader: Callable[[], Backend] | Backend, metrics: ServerMetrics,
+               on_fatal: Callable[[str], None] | None) -> None:
+    """Load and warm up the backend (in a thread), then mark the server ready; on failure report it."""
+    try:
+        backend = loader() if callable(loader) and not isinstance(loader, Backend) else loader
+        assert isinstance(backend, Backend)
+        max_len = backend.info.max_length
+        limit = min(cfg.max_input_tokens or max_len, max_len)
+        state.tokenizer = backend.tokenizer if limit == backend.tokenizer.max_length else \
+            backend.tokenizer.with_max_length(limit)
+        state.limit = limit
+        state.name = cfg.model_name or backend.info.name
+        state.prefix = {
+            "query": backend.info.query_prefix if cfg.query_prefix is None else cfg.query_prefix,
+            "passage": backend.info.passage_prefix if cfg.passage_prefix is None else cfg.passage_prefix,
+        }
+        state.token_decoder = make_decoder(cfg.token_ids, backend.tokenizer.vocab_size)
+        state.frame = backend.tokenizer.frame()
+        if cfg.warmup:
+            t0 = time.perf_counter()
+            warm_up(backend, cfg.max_batch_size)
+            log.info("warm-up done in %.2fs", time.perf_counter() - t0)
+        if state.status != "loading":  # shut down while loading: nothing to serve any more
+            backend.close()
+            return
+        batcher = DynamicBatcher(backend, cfg.max_batch_tokens, cfg.max_batch_size, cfg.max_wait_ms,
+                                 cfg.max_queue, metrics, max_padding=cfg.max_padding)
+        batcher.start()
+        state.backend, state.batcher = backend, batcher
+        state.status = "ready"
+        metrics.ready.set(1)
+        log.info("ready: serving %s as '%s' (dim %d, max %d tokens)", backend.describe(), state.name,
+                 backend.info.dimension, limit)
+    except Exception as exc:  # reported, then the CLI exits non-zero
+        state.status = "failed"
+        state.error = str(exc) or type(exc).__name__
+        log.error("model load failed: %s", state.error)
+        if not isinstance(exc, (ValueError, OSError)) and type(exc).__name__ != "ModelRefused":
+            log.debug("load failure", exc_info=True)
+        if on_fatal:
+            on_fatal(state.error)
+    finally:
+        state.loaded.set()
+
+
+
+def _not_ready(state: ServerState) -> ApiError:
+    if state.status == "failed":
+        return ApiError(503, f"the model failed to load: {state.error}", code="model_load_failed")
+    if state.status == "draining":
+        return ApiError(503, "the server is shutting down", code="shutting_down")
+    return ApiError(503, "the model is loading; retry shortly", code="model_loading")
+
+
+
+async def _embeddings(request: Request, state: ServerState, cfg: ServerConfig, metrics: ServerMetrics) -> Response:
+    body = await read_body(request, cfg.max_request_bytes)
+    if state.status != "ready":
+        raise _not_ready(state)
+    backend, batcher = state.backend, state.batcher
+    assert backend is not None and batcher is not None
+    req = parse_request(parse_json(body), cfg.max_inputs, state.name, backend.info.dimension)
+    ids, truncated = await _input_ids(state, cfg, req)
+    try:
+        emb = await batcher.embed(ids)
+    except Overloaded as exc:
+        raise ApiError(503, f"server overloaded: {exc}; retry later", code="overloaded") from None
+    except Closed:
+        raise ApiError(503, "the server is shutting down", code="shutting_down") from None
+    n_tokens = sum(len(x) for x in ids)
+    metrics.inputs.inc(req.count)
+    metrics.tokens.inc(n_tokens)
+    if truncated:
+        metrics.truncated.inc(truncated)
+    return json_response(_embedding_body(emb, req, state.name, n_tokens))
+
+
+async def _input_ids(state: ServerState, cfg: ServerConfig, req: EmbeddingRequest) -> tuple[list[list[int]], int]:
+    """The model's token ids for every input (text or token ids, prefix applied) and how many were cut."""
+    tok = state.tokenizer
+    assert tok is not None
+    prefix = state.prefix.get(req.input_type or "", "")
+    reader = state.token_decoder
+    try:
+        if req.token_ids is not None and isinstance(reader, ModelTokenIds):
+            return _frame_model_ids(tok, reader, req.token_ids, prefix, state.frame, state.limit, cfg.on_too_long)
+        if req.token_ids is not None:
+            if reader is None:
+                raise ApiError(400, f"token-id input is turned off on this server (--token-ids reject): send text; "
+                               f"{CLIENT_HINT}", param="input", code="token_ids_not_supported")
+            big = sum(len(a) for a in req.token_ids) > _THREAD_TOKENIZE_CHARS
+            texts = await asyncio.to_thread(_decode, reader, req.token_ids) if big else _decode(reader, req.token_ids)
         else:
-            texts = req.texts if req.texts is not None else await _decode_token_ids(req.token_ids or [])
-            if prefix:
-                texts = [prefix + t for t in texts]
-            if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
-                ids = await asyncio.to_thread(_tokenize, tok, texts, state.limit, cfg.on_too_long)
-            else:
-                ids = _tokenize(tok, texts, state.limit, cfg.on_too_long)
-        try:
-            emb = await batcher.embed(ids[0])
-        except Overloaded as exc:
-            raise ApiError(503, f"server overloaded: {exc}; retry later", code="overloaded") from None
-        except Closed:
-            raise ApiError(503, "the server is shutting down", code="shutting_down") from None
-        n_tokens = sum(len(x) for x in ids[0])
-        metrics.inputs.inc(req.count)
-        metrics.tokens.inc(n_tokens)
-        if ids[1]:
-            metrics.truncated.inc(ids[1])
-        if req.dimensions is not None and req.dimensions < emb.shape[1]:
-            emb = emb[:, : req.dimensions]
-            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        if req.encoding_format == "base64":
-            le = emb.astype("<f4", copy=False)
-            data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(le[i].tobytes()).decode("ascii")}
-                    for i in range(len(le))]
-        else:
-            rows = emb.tolist()
-            data = [{"object": "embedding", "index": i, "embedding": rows[i]} for i in range(len(rows))]
-        return json_response({"object": "list", "data": data, "model": state.name,
-                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+            texts = req.texts or []
+    except TokenIdError as exc:
+        raise ApiError(400, str(exc), param="input", code="invalid_token_id") from None
+    if prefix:
+        texts = [prefix + t for t in texts]
+    if sum(len(t) for t in texts) > _THREAD_TOKENIZE_CHARS:
+        return await asyncio.to_thread(_tokenize, tok, texts, state.limit, cfg.on_too_long)
+    return _tokenize(tok, texts, state.limit, cfg.on_too_long)
 
-    async def _decode_token_ids(arrays: list[list[int]]) -> list[str]:
-        decoder = state.token_decoder
-        if decoder is None:
-            raise ApiError(400, f"token-id input is turned off on this server (--token-ids reject): send text; "
-                           f"{CLIENT_HINT}", param="input", code="token_ids_not_supported")
-        single = len(arrays) == 1
 
-        def decode() -> list[str]:
-            return [decoder.decode(ids, "'input'" if single else f"'input[{i}]'") for i, ids in enumerate(arrays)]
+def _decode(reader: TiktokenDecoder, arrays: list[list[int]]) -> list[str]:
+    single = len(arrays) == 1
+    return [reader.decode(ids, "'input'" if single else f"'input[{i}]'") for i, ids in enumerate(arrays)]
 
-        try:
-            if sum(len(a) for a in arrays) > _THREAD_TOKENIZE_CHARS:
-                return await asyncio.to_thread(decode)
-            return decode()
-        except TokenIdError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_token_id") from None
 
-    return app
+def _embedding_body(emb: np.ndarray, req: EmbeddingRequest, name: str, n_tokens: int) -> dict[str, Any]:
+    """OpenAI's response: embeddings cut to `dimensions` (and re-normalised), as floats or base64 float32."""
+    if req.dimensions is not None and req.dimensions < emb.shape[1]:
+        emb = emb[:, : req.dimensions]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    if req.encoding_format == "base64":
+        le = emb.astype("<f4", copy=False)
+        data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(le[i].tobytes()).decode("ascii")}
+                for i in range(len(le))]
+    else:
+        rows = emb.tolist()
+        data = [{"object": "embedding", "index": i, "embedding": rows[i]} for i in range(len(rows))]
+    return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
 def _tokenize(tok: TextTokenizer, texts: list[str], limit: int, on_too_long: str) -> tuple[list[list[int]], int]:
@@ -353,10 +383,7 @@ def _frame_model_ids(tok: TextTokenizer, reader: ModelTokenIds, arrays: list[lis
     out, cut = [], 0
     for i, arr in enumerate(arrays):
         where = "'input'" if len(arrays) == 1 else f"'input[{i}]'"
-        try:
-            body = prefix_ids + reader.check(arr, where)
-        except TokenIdError as exc:
-            raise ApiError(400, str(exc), param="input", code="invalid_token_id") from None
+        body = prefix_ids + reader.check(arr, where)
         if len(body) > room:
             if on_too_long == "error":
                 raise ApiError(400, f"{where} is {len(body) + len(pre) + len(post)} tokens long, the maximum is "

@@ -85,12 +85,6 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self._fast.get_vocab_size() if self._fast is not None else len(self._hf)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of the model's own token ids, special tokens left out."""
-        if self._fast is not None:
-            return self._fast.decode(list(ids), skip_special_tokens=True)
-        return self._hf.decode(list(ids), skip_special_tokens=True)
-
     def encode_bare(self, text: str) -> list[int]:
         """Token ids of one text without the model's special tokens."""
         if self._fast is not None:

@@ -62,8 +62,8 @@ def vocabulary_file(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / f"{name}.tiktoken.gz"
 
 
-def load_vocabulary(name: str) -> tuple[list[bytes | None], dict[int, bytes]]:
-    """(rank -> token bytes, with None for unused ranks; special token id -> bytes), sha256-checked."""
+def vocabulary_bytes(name: str) -> bytes:
+    """An encoding's ``.tiktoken`` file, as tiktoken downloads it, after checking tiktoken's sha256 for it."""
     if name not in ENCODINGS:
         raise ValueError(f"unknown tiktoken encoding {name!r}; choose {', '.join(ENCODINGS)}")
     path = vocabulary_file(name)
@@ -74,9 +74,14 @@ def load_vocabulary(name: str) -> tuple[list[bytes | None], dict[int, bytes]]:
     got = hashlib.sha256(raw).hexdigest()
     if got != ENCODINGS[name]["sha256"]:
         raise RuntimeError(f"the {name} vocabulary {path} does not match tiktoken's sha256 "
-                           f"({got[:16]}... instead of {ENCODINGS[name]['sha256'][:16]}...): refusing to decode with it")
+                           f"({got[:16]}... instead of {ENCODINGS[name]['sha256'][:16]}...): refusing to use it")
+    return raw
+
+
+def load_vocabulary(name: str) -> tuple[list[bytes | None], dict[int, bytes]]:
+    """(rank -> token bytes, with None for unused ranks; special token id -> bytes)."""
     ranks: dict[int, bytes] = {}
-    for line in raw.splitlines():
+    for line in vocabulary_bytes(name).splitlines():
         if line:
             tok, rank = line.split()
             ranks[int(rank)] = base64.b64decode(tok)
@@ -143,9 +148,7 @@ def write_tiktoken_cache(folder: Path, names: Sequence[str] = ("cl100k_base", "o
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        raw = gzip.decompress(vocabulary_file(name).read_bytes())
-        if hashlib.sha256(raw).hexdigest() != ENCODINGS[name]["sha256"]:
-            raise RuntimeError(f"the bundled {name} vocabulary does not match tiktoken's sha256")
+        raw = vocabulary_bytes(name)
         key = hashlib.sha1(_TIKTOKEN_URL.format(name=name).encode()).hexdigest()
         tmp = folder / f".{key}.tmp"
         tmp.write_bytes(raw)

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.eft-installed
 
-.PHONY: setup quickstart test test-all controlplane clean bench-infinity
+.PHONY: setup quickstart test test-all controlplane cluster-host cluster-up cluster-down images e2e clean bench-infinity
 
 # torch is large (the CUDA build from PyPI): installed once per virtual environment; the stamp
 # re-runs pip only when pyproject.toml changes.
@@ -22,10 +22,29 @@ quickstart: setup
 controlplane: setup
 	$(PY) tests/controlplane/build.py
 
-test: setup controlplane
+# The real cluster of the e2e tier (tests/cluster/README.md): Debian's containerd, runc, CNI plugins and the
+# image builders, installed when running as root on Debian/Ubuntu; elsewhere the e2e tests skip (CI fails).
+cluster-host: setup
+	@if [ "$$(id -u)" = 0 ]; then $(PY) tests/cluster/cluster.py install-host; \
+	else echo "cluster-host: not root, the e2e tier will be skipped (tests/cluster/README.md)"; fi
+
+cluster-up: controlplane cluster-host
+	$(PY) tests/cluster/cluster.py up
+
+cluster-down:
+	$(PY) tests/cluster/cluster.py down
+
+# The operator, stage (cpu) and server (cpu) images from images/*.Dockerfile, on a Debian base built here.
+images: cluster-host
+	$(PY) tests/cluster/images.py build
+
+e2e: controlplane cluster-host
+	$(PY) -m pytest tests/e2e -m e2e
+
+test: setup controlplane cluster-host
 	$(PY) -m pytest
 
-test-all: setup controlplane
+test-all: setup controlplane cluster-host
 	$(PY) -m pytest -m "slow or not slow"
 
 # bench/serve.py's Infinity contender. infinity-emb pins sentence-transformers 3 and numpy 1, which cannot

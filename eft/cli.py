@@ -66,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from eft.pipeline import StageFailed, execute_stage, is_up_to_date, write_termination_message
+    from eft.pipeline import (EXIT_PERMANENT, EXIT_RETRYABLE, StageFailed, execute_stage, is_up_to_date,
+                              write_termination_message)
     from eft.workspace import Workspace
 
     efr = _load(args.spec)
@@ -82,7 +83,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         write_termination_message(str(exc))
-        return 1
+        return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
     print(f"{args.name}: done in {manifest['seconds']:.1f}s {manifest['counts']}")
     write_termination_message(manifest.get("summary") or f"{args.name}: succeeded")
     return 0

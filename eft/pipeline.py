@@ -55,12 +55,24 @@ STAGE_DEFS: dict[str, StageDef] = {
 assert tuple(STAGE_DEFS) == STAGES
 
 
-class StageFailed(Exception):
-    """A stage could not complete; the message is one line meant for humans (and the pod's termination log)."""
+# Exit codes of `eft stage NAME`: the operator's Jobs fail at once on a permanent failure (their
+# podFailurePolicy) and retry anything else (a crash, an OOM kill) up to backoffLimit.
+EXIT_RETRYABLE = 1
+EXIT_PERMANENT = 3
 
-    def __init__(self, stage: str, message: str):
+
+class StageFailed(Exception):
+    """A stage could not complete; the message is one line meant for humans (and the pod's termination log).
+
+    ``retryable``: whether running the stage again as it is could succeed. A failure the stage diagnosed
+    itself (bad input, a missing upstream output, a refused model) is not: only a change fixes it. An
+    unexpected crash is (a node going away, a transient read error): Kubernetes retries it.
+    """
+
+    def __init__(self, stage: str, message: str, retryable: bool = False):
         self.stage = stage
         self.message = message
+        self.retryable = retryable
         super().__init__(f"{stage}: {message}")
 
 
@@ -173,7 +185,7 @@ def execute_stage(efr: EmbeddingFinetune, ws: Workspace, name: str, progress: Ca
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         log.exception("stage %s crashed", name)
-        raise StageFailed(name, f"{type(exc).__name__}: {exc}") from exc
+        raise StageFailed(name, f"{type(exc).__name__}: {exc}", retryable=True) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

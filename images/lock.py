@@ -3,7 +3,7 @@
 
 Each ``.in`` holds an image's direct requirements, pinned with ``==``. The ``.txt`` next to it pins
 every distribution pip installs for them (transitive ones included), resolved for the image's
-interpreter and platform — CPython 3.12 on x86_64 glibc Linux (Ubuntu 24.04 / Debian 12 bases) —
+interpreter and platform — CPython 3.11 on x86_64 glibc Linux (the Debian 12 base of every image) —
 not for the machine running this script. Nothing is installed: it is ``pip install --dry-run
 --report``.
 
@@ -27,11 +27,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REQ_DIR = HERE / "requirements"
-IMAGES = ("operator", "stages", "server")
+# One lock per image flavour: <image>.txt is the default (gpu) flavour, <image>-cpu.txt the cpu one.
+IMAGES = ("operator", "stages", "stages-cpu", "server", "server-cpu")
 
-PYTHON_VERSION = "3.12"
+PYTHON_VERSION = "3.11"
 # pip matches --platform tags literally: list every manylinux level the images' glibc (2.36 on
-# Debian 12, 2.39 on Ubuntu 24.04) accepts. Debian 12's 2.36 is the floor both bases meet.
+# Debian 12) accepts.
 PLATFORMS = [f"manylinux_2_{m}_x86_64" for m in range(36, 16, -1)] + [
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64",
 ]

@@ -3,19 +3,47 @@
 # Build from the repository root (see images/README.md):
 #   docker build -f images/operator.Dockerfile -t ghcr.io/eft-ai/eft-operator:0.1.0 .
 
-ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# A Debian 12 root with CPython 3.11 and its venv module (see stages.Dockerfile).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- eft as a wheel (pure Python); build tools stay in this stage
-FROM ${PYTHON_IMAGE} AS wheel
+FROM ${BASE_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY eft/ eft/
 COPY stages/ stages/
 COPY operator/ operator/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/build \
+ && /opt/build/bin/pip wheel --no-deps --wheel-dir /dist .
 
 # ---- runtime
-FROM ${PYTHON_IMAGE}
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/eft \
+    PATH=/opt/eft/bin:$PATH \
+    HOME=/tmp
+
+# Non-root user: uid/gid 1000, the same as the pods the operator creates (EFT_RUN_AS_USER).
+RUN groupadd --gid 1000 eft \
+ && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin eft \
+ && python3 -m venv /opt/eft
+
+# Dependencies first (the locked set changes far less often than the source), then eft itself.
+COPY images/requirements/operator.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+COPY --from=wheel /dist/ /tmp/dist/
+RUN pip install --no-cache-dir --no-deps /tmp/dist/eft-*.whl \
+ && rm -rf /tmp/dist
+
+# Labels last: VERSION/REVISION/CREATED change every build and would otherwise invalidate the cached
+# layers above (every RUN sees the build arguments declared before it).
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=1970-01-01T00:00:00Z
@@ -29,29 +57,10 @@ LABEL org.opencontainers.image.title="eft-operator" \
       org.opencontainers.image.documentation="https://github.com/eft-ai/eft/blob/main/README.md" \
       org.opencontainers.image.vendor="eft" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.12.11-slim-bookworm"
-
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/eft \
-    PATH=/opt/eft/bin:$PATH
-
-# Non-root user: uid/gid 1000, the same as the pods the operator creates (EFT_RUN_AS_USER).
-RUN groupadd --gid 1000 eft \
- && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/eft --shell /usr/sbin/nologin eft \
- && python -m venv /opt/eft
-
-# Dependencies first (the locked set changes far less often than the source), then eft itself.
-COPY images/requirements/operator.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
-COPY --from=wheel /dist/ /tmp/dist/
-RUN pip install --no-cache-dir --no-deps /tmp/dist/eft-*.whl \
- && rm -rf /tmp/dist
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 USER 1000:1000
-WORKDIR /home/eft
+WORKDIR /tmp
 # kopf's liveness endpoint (the chart's livenessProbe)
 EXPOSE 8080
 ENTRYPOINT ["eft"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from eft.pipeline import STAGE_DEFS
+from eft.pipeline import EXIT_PERMANENT, STAGE_DEFS
 from eft.spec import API_GROUP, API_VERSION, KIND, EmbeddingFinetuneSpec
 from eft.controller.settings import Settings
 
@@ -267,7 +267,24 @@ def pod_security_context(settings: Settings) -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    # read-only root: every write goes to a declared volume (the workspace, /tmp, /dev/shm)
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True}
+
+
+# HOME, Python/torch/matplotlib caches and temp files of every pod: an emptyDir, since the root is read-only.
+TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+
+def stage_pod_failure_policy() -> dict[str, Any]:
+    """Fail the Job at once on a diagnosed failure (bad input); retry crashes; never count evictions."""
+    return {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In",
+                                              "values": [EXIT_PERMANENT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}
 
 
 def stage_image(spec: EmbeddingFinetuneSpec, stage: str, settings: Settings) -> str:
@@ -309,10 +326,12 @@ def stage_volumes(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
     volumes: list[dict[str, Any]] = [
         {"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name_for(efr, spec)}},
         {"name": "spec", "configMap": {"name": spec_configmap_name(name)}},
+        dict(TMP_VOLUME),
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "workspace", "mountPath": WORKSPACE_DIR},
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+        dict(TMP_MOUNT),
     ]
     if stage == "ingest":
         if spec.corpus.existing_claim:
@@ -399,6 +418,7 @@ def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
         pod["imagePullSecrets"] = [{"name": s} for s in sch.image_pull_secrets]
     job_spec: dict[str, Any] = {
         "backoffLimit": stage_backoff_limit(spec, stage),
+        "podFailurePolicy": stage_pod_failure_policy(),
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
     if sp is not None and sp.active_deadline_seconds:
@@ -477,7 +497,7 @@ def serving_container(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, settings
         "image": sv.image or settings.serving_image,
         "ports": [{"name": "http", "containerPort": port}],
         "resources": _resources(sv.resources, sv.gpus, settings.gpu_resource),
-        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR, "readOnly": True}, dict(TMP_MOUNT)],
         "securityContext": container_security_context(),
         "readinessProbe": {"httpGet": {"path": sv.health_path, "port": "http"}, "periodSeconds": 5,
                            "failureThreshold": 3},
@@ -516,7 +536,7 @@ def build_serving_deployment(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, s
         "securityContext": pod_security_context(settings),
         "containers": [serving_container(efr, spec, settings)],
         "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name_for(efr, spec),
-                                                                     "readOnly": True}}],
+                                                                     "readOnly": True}}, dict(TMP_VOLUME)],
     }
     sch = spec.scheduling
     if sch.image_pull_secrets:

@@ -27,6 +27,7 @@ from eft.controller import builders as b
 from eft.controller.settings import Settings
 from eft.pipeline import STAGE_DEFS
 from eft.spec import STAGES, EmbeddingFinetuneSpec, describe_validation_error, section_hash
+from eft.stage_reports import EvaluateReport, ExportReport
 
 # Spec fields the operator also treats as stage inputs (where in the cluster the corpus / model live).
 STAGE_EXTRA_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -34,9 +35,6 @@ STAGE_EXTRA_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 CONDITION_TYPES = ("Progressing", "Succeeded", "Failed", "QualityGatePassed", "Queued", "Ready")
-GATE_PASSED = {"passed", "pass", "true", True}
-GATE_FAILED = {"failed", "fail", "false", False}
-METRICS_MAX_KEYS = 32
 MESSAGE_MAX = 1024
 
 
@@ -219,33 +217,15 @@ def _parse_time(s: str | None) -> datetime | None:
         return None
 
 
-def parse_metrics(message: str | None) -> dict[str, Any] | None:
-    """The evaluate stage's one-line JSON summary -> the small status.metrics mapping."""
-    if not message:
-        return None
-    text = message.strip()
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        data = json.loads(text[start:])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, (str, int, float, bool)) and len(out) < METRICS_MAX_KEYS:
-            out[str(k)] = v[:256] if isinstance(v, str) else v
-    return out
+def evaluate_report(message: str | None) -> EvaluateReport | None:
+    """The evaluate pod's termination message, read with the model the stage writes it with."""
+    return EvaluateReport.parse(message)
 
 
-def _digest_from(message: str | None) -> str | None:
-    data = parse_metrics(message) or {}
-    for key in ("modelDigest", "digest", "outputsDigest"):
-        if isinstance(data.get(key), str) and data[key]:
-            return data[key][:64]
-    return None
+def export_digest(message: str | None) -> str | None:
+    """status.modelDigest: the export pod's digest of the exported model folder."""
+    report = ExportReport.parse(message)
+    return report.model_digest if report is not None else None
 
 
 def _trim(msg: str | None) -> str | None:
@@ -389,26 +369,22 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
 
     # ---- metrics and quality gate (from the evaluate pod's termination message)
     ev = entries["evaluate"]
-    metrics = parse_metrics(ev.get("message")) if ev["phase"] == "Succeeded" else None
+    report = evaluate_report(ev.get("message")) if ev["phase"] == "Succeeded" else None
+    metrics = report.metrics() if report is not None else None
     waiting_metrics = False
-    if ev["phase"] == "Succeeded" and metrics is None and not ev.get("message"):
+    if ev["phase"] == "Succeeded" and report is None and not ev.get("message"):
         done_at = _parse_time(ev.get("completionTime"))
         if done_at is None or (now - done_at).total_seconds() < settings.metrics_grace_seconds:
             waiting_metrics = True
-    gate_value = (metrics or {}).get("gate")
-    gate_norm = gate_value.lower() if isinstance(gate_value, str) else gate_value
-    override = spec.evaluation.gate.override
-    gate_blocks = False
+    gate_blocks = report is not None and report.blocks_shipping()
     if ev["phase"] != "Succeeded":
         gate = ("Unknown", "NotEvaluated", "the evaluate stage of the current run has not finished")
-    elif gate_norm in GATE_PASSED:
-        gate = ("True", "Passed", _gate_message(metrics, spec))
-    elif gate_norm in GATE_FAILED or gate_norm == "overridden":
-        if override or gate_norm == "overridden":
-            gate = ("False", "Overridden", _gate_message(metrics, spec) + "; shipped anyway (gate.override)")
-        else:
-            gate = ("False", "BelowThreshold", _gate_message(metrics, spec))
-            gate_blocks = True
+    elif report is not None and report.gate == "passed":
+        gate = ("True", "Passed", _gate_message(report))
+    elif report is not None and report.gate == "overridden":
+        gate = ("False", "Overridden", _gate_message(report) + "; shipped anyway (gate.override)")
+    elif report is not None:
+        gate = ("False", "BelowThreshold", _gate_message(report))
     elif waiting_metrics:
         gate = ("Unknown", "WaitingForMetrics", "waiting for the evaluate pod's termination message")
     else:
@@ -483,7 +459,7 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
     ready: tuple[str, str, str]
     if current is None:
         stage_col = "serving" if spec.serving.enabled else "export"
-        model_digest = _digest_from(entries["export"].get("message")) or fps["export"]
+        model_digest = export_digest(entries["export"].get("message")) or f"run-{fps['export']}"
         if not spec.serving.enabled:
             for obj, kind in ((dep, "Deployment"), (svc, "Service")):
                 if obj is not None and obj.get("owner") == uid:
@@ -519,6 +495,13 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
                 ready = ("False", "ChildConflict", message)
                 progressing = ("False", "ChildConflict", message)
                 requeue = 10.0
+            elif rolled and want == 0:
+                # a Deployment at zero replicas is "rolled out", but nothing answers at the endpoint
+                phase = "Succeeded"
+                message = (f"pipeline complete; model {model_digest} is deployed with serving.replicas 0: no pod "
+                           f"serves it at {endpoint} until serving.replicas is raised")
+                ready = ("False", "ScaledToZero", message)
+                progressing = ("False", "Completed", message)
             elif rolled:
                 phase = "Serving"
                 message = f"serving model {model_digest} at {endpoint}"
@@ -561,14 +544,14 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
     return Plan(actions, status, transition_events(old, status), requeue)
 
 
-def _gate_message(metrics: dict[str, Any] | None, spec: EmbeddingFinetuneSpec) -> str:
-    m = metrics or {}
-    base, tuned = m.get("baseNdcg10"), m.get("tunedNdcg10")
-    g = spec.evaluation.gate
-    if isinstance(base, (int, float)) and isinstance(tuned, (int, float)):
-        return (f"{g.metric}: base {base:.4f}, tuned {tuned:.4f} (required relative improvement "
-                f"{g.min_relative_improvement:g})")
-    return f"gate {m.get('gate')!s} on {g.metric}"
+def _gate_message(r: EvaluateReport) -> str:
+    base = r.gate_base if r.gate_base is not None else r.base_ndcg10
+    tuned = r.gate_tuned if r.gate_tuned is not None else r.tuned_ndcg10
+    if base is None or tuned is None:
+        return f"gate {r.gate} on {r.gate_metric} ({r.gate_dataset})"
+    change = f" ({r.relative_improvement:+.1%}" if r.relative_improvement is not None else " ("
+    required = f", required >= {r.required:+.1%})" if r.required is not None else ")"
+    return f"{r.gate_metric} on {r.gate_dataset}: base {base:.4f}, tuned {tuned:.4f}{change}{required}"
 
 
 def _status(old: dict[str, Any], generation: int, now: str, *, phase: str, stage: str | None, message: str,

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from eft.pipeline import StageContext, StageFailed
+from eft.stage_reports import EvaluateReport, ExportReport, model_digest
 from eft.textutil import passage_text
-from eft.workspace import MANIFEST, StageResult, read_json, write_json_atomic
+from eft.workspace import MANIFEST, StageResult, digest_tree, read_json, write_json_atomic
 
 log = logging.getLogger("eft.export")
 
@@ -179,6 +180,7 @@ def run(ctx: StageContext) -> StageResult:
 
     spec = ctx.spec
     osp, tsp = spec.export.onnx, spec.export.tensorrt
+    _refuse_gated_model(ctx)
     train_dir = ctx.input("train")
     model_dir = train_dir / "model"
     if not model_dir.is_dir():
@@ -204,8 +206,8 @@ def run(ctx: StageContext) -> StageResult:
                         tensorrt={"status": "skipped: needs the ONNX export (export.onnx.enabled is false)"},
                         dimension=0, max_seq_length=spec.base_model.max_seq_length)
         write_json_atomic(out / MODEL_MANIFEST, manifest)
-        return StageResult(counts={"variants": 0}, details={"onnx": "skipped: disabled"},
-                           summary="export: ONNX disabled, nothing exported")
+        report = ExportReport(model_digest=model_digest(digest_tree(out)), variants=[], tensorrt="skipped")
+        return StageResult(counts={"variants": 0}, details={"onnx": "skipped: disabled"}, summary=report.line())
 
     corpus, queries, qrels = load_test_split(beir_dir)
     ctx.progress(f"loading {model_dir}")
@@ -378,13 +380,27 @@ def run(ctx: StageContext) -> StageResult:
     for v in ("int8", "fp16"):
         if v in variants and "relative_loss" in variants[v]:
             counts[f"{v}_loss"] = variants[v]["relative_loss"]
-    summary = (f"export: ONNX opset {export_info['opset']} fp32 {METRIC} {base:.4f}; int8 {loss('int8')}; "
-               f"fp16 {loss('fp16')}; TensorRT {trt_info['status']}")
-    log.info("%s (%.1fs)", summary, time.perf_counter() - t0)
+    log.info("export: ONNX opset %s fp32 %s %.4f; int8 %s; fp16 %s; TensorRT %s (%.1fs)", export_info["opset"],
+             METRIC, base, loss("int8"), loss("fp16"), trt_info["status"], time.perf_counter() - t0)
+    report = ExportReport(model_digest=model_digest(digest_tree(out)), variants=list(served),
+                          tensorrt=str(trt_info["status"]).split(":")[0])
     return StageResult(counts=counts, details={"variants": {k: {kk: vv for kk, vv in e.items() if kk != "fused"}
                                                             for k, e in variants.items()},
                                                "tensorrt": trt_info, "validation": validation},
-                       summary=summary)
+                       summary=report.line())
+
+
+def _refuse_gated_model(ctx: StageContext) -> None:
+    """A model the quality gate stopped is never exported, whoever asks (a runner, `eft stage export`)."""
+    evaluate = ctx.workspace.manifest("evaluate") or {}
+    report = EvaluateReport.parse(evaluate.get("summary"))
+    if report is None:
+        raise _fail("the evaluate stage's report is missing or unreadable: re-run evaluate")
+    if report.blocks_shipping():
+        raise _fail(f"the quality gate failed ({report.gate_metric} on {report.gate_dataset}: tuned "
+                    f"{report.gate_tuned if report.gate_tuned is not None else report.tuned_ndcg10} vs base "
+                    f"{report.gate_base if report.gate_base is not None else report.base_ndcg10}); nothing is "
+                    "exported. Set evaluation.gate.override: true to ship anyway")
 
 
 def _ids_for(texts: dict[str, list[str]], out: Path, max_len: int) -> list[list[int]]:

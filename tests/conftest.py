@@ -1,10 +1,11 @@
-"""Shared fixtures. The real control plane (tests/support/controlplane.py) is a pytest plugin."""
+"""Shared fixtures. The real control plane (tests/support/controlplane.py) and the real cluster of the
+e2e tier (tests/support/cluster.py) are pytest plugins."""
 
 import os
 
 import pytest
 
-pytest_plugins = ["tests.support.controlplane"]
+pytest_plugins = ["tests.support.controlplane", "tests.support.cluster"]
 
 # Tests never reach a model hub: the bundled base model is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

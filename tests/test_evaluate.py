@@ -12,6 +12,7 @@ import pytest
 from eft import metrics
 from eft.pipeline import StageFailed, execute_stage
 from eft.spec import GateSpec, parse_document
+from eft.stage_reports import EvaluateReport
 from eft.stages import evaluate
 from eft.workspace import Workspace, write_json_atomic
 
@@ -154,15 +155,23 @@ def spec_with(ws: Workspace, **gate):
 
 def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_model):
     ws = workspace_with_worse_model
-    with pytest.raises(StageFailed) as e:
-        execute_stage(spec_with(ws), ws, "evaluate")
-    msg = e.value.message
+    # The gate is a verdict: the stage succeeds (a pod exits 0, its Job does not retry) and reports it.
+    progress: list[str] = []
+    m = execute_stage(spec_with(ws), ws, "evaluate", progress=progress.append)
+    report = EvaluateReport.parse(m["summary"])
     # Gated on the first extra (human-labelled) dataset, not on the synthetic split.
+    assert report.gate == "failed" and report.gate_dataset == "human" and report.blocks_shipping()
+    assert report.tuned_ndcg10 < report.base_ndcg10 and report.relative_improvement < 0
+    msg = next(p for p in progress if p.startswith("quality gate failed"))
     assert msg.startswith("quality gate failed: ndcg@10 on human: tuned ")
     assert " < base " in msg and "set evaluation.gate.override: true" in msg and "\n" not in msg
-    assert ws.manifest("evaluate") is None
-    kept = json.loads((ws.root / ".work" / "evaluate" / "metrics.json").read_text())
+    kept = json.loads((ws.stage_dir("evaluate") / "metrics.json").read_text())
     assert kept["gate"]["status"] == "failed"
+    # ... and the export stage refuses the model, whoever runs it
+    with pytest.raises(StageFailed) as e:
+        execute_stage(spec_with(ws), ws, "export")
+    assert "quality gate failed" in e.value.message and "evaluation.gate.override: true" in e.value.message
+    assert ws.manifest("export") is None
 
     m = execute_stage(spec_with(ws, override=True), ws, "evaluate")
     out = ws.stage_dir("evaluate")
@@ -174,8 +183,9 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     assert g["status"] == "overridden" and g["override"] is True and g["dataset"] == "human"
     assert g["tuned"] < g["base"] and g["base"] == data["human"]["base"]["ndcg@10"]
     assert data["human"]["base"]["ndcg@10"] > 0.8  # the untouched base model finds these easily
-    summary = json.loads(m["summary"])
-    assert summary["gate"] == "overridden" and summary["baseNdcg10"] == round(g["base"], 4)
+    summary = EvaluateReport.parse(m["summary"])
+    assert summary.gate == "overridden" and summary.base_ndcg10 == round(g["base"], 4)
+    assert not summary.blocks_shipping()
     assert len(m["summary"]) < 1024 and "\n" not in m["summary"]
     assert (out / "metrics.png").stat().st_size > 1000
     table = evaluate.report(out)

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from eft.stage_reports import ExportReport, model_digest
 from eft.pipeline import StageFailed
 from eft.serving.backends import load_backend
 from eft.serving.manifest import MODEL_MANIFEST
@@ -66,7 +67,10 @@ def test_stage_manifest_is_separate_and_covers_model_manifest(export_dir):
     assert stage["status"] == "succeeded" and stage["stage"] == "export"
     assert MODEL_MANIFEST in stage["outputs"]  # a file named manifest.json would be left out of the digest
     assert stage["counts"]["variants"] == 2 and stage["counts"]["min_cosine"] >= 0.9999
-    assert "int8 accepted" in stage["summary"]
+    report = ExportReport.parse(stage["summary"])
+    assert report.variants == ["fp32", "int8"] and report.tensorrt == "skipped"
+    # status.modelDigest: the digest of exactly the files the stage published
+    assert report.model_digest == model_digest(stage["outputs"])
 
 
 def test_onnx_graph_is_dynamic_and_normalised(export_dir):

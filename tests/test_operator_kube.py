@@ -14,7 +14,7 @@ from tests.operator.harness import (Cluster, OperatorProcess, eventually, instal
 
 pytestmark = pytest.mark.kube
 
-EVAL = {"baseNdcg10": 0.412, "tunedNdcg10": 0.538, "gate": "passed"}
+EVAL = {"baseNdcg10": 0.412, "tunedNdcg10": 0.538, "gate": "passed", "gateMetric": "ndcg@10", "gateDataset": "test"}
 
 
 @pytest.fixture(scope="module")

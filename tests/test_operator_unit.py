@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from eft.controller import builders as b
-from eft.controller.plan import (Children, parse_metrics, plan, restart_stage, restart_table, stage_fingerprints,
+from eft.stage_reports import EvaluateReport, ExportReport
+from eft.controller.plan import (Children, evaluate_report, export_digest, plan, restart_stage, restart_table, stage_fingerprints,
                                  summarize_deployment, summarize_job, summarize_pod, transition_events)
 from eft.controller.rbac import cluster_role_rules
 from eft.controller.settings import Settings
@@ -72,14 +74,28 @@ def children_through(body, upto: str, last_state="Succeeded", messages=None, **e
         j = job(body, s, state)
         jobs.append(j)
         if state in ("Succeeded", "Failed"):
-            pods[j["name"]] = [pod(j, state, messages.get(s, f"{s} done"))]
+            default = export_message(body) if s == "export" and state == "Succeeded" else f"{s} done"
+            pods[j["name"]] = [pod(j, state, messages.get(s, default))]
         if s == upto:
             break
     return Children(jobs=jobs, pods=pods, **{**infra(body), **extra})
 
 
-EVAL_OK = '{"baseNdcg10": 0.41, "tunedNdcg10": 0.52, "gate": "passed"}'
-EVAL_BAD = '{"baseNdcg10": 0.41, "tunedNdcg10": 0.30, "gate": "failed"}'
+# termination messages built with the model the evaluate stage writes them with
+EVAL_OK = EvaluateReport(base_ndcg10=0.41, tuned_ndcg10=0.52, gate="passed", gate_metric="ndcg@10",
+                         gate_dataset="test", relative_improvement=0.268293, required=0.0).line()
+EVAL_BAD = EvaluateReport(base_ndcg10=0.41, tuned_ndcg10=0.30, gate="failed", gate_metric="ndcg@10",
+                          gate_dataset="test", relative_improvement=-0.268293, required=0.0).line()
+EVAL_OVERRIDDEN = EVAL_BAD.replace('"failed"', '"overridden"')
+
+
+def model_digest_of(body) -> str:
+    """A stand-in digest of the exported files, different for every export run of a spec."""
+    return "sha256:" + hashlib.sha256(stage_fingerprints(parsed(body))["export"].encode()).hexdigest()
+
+
+def export_message(body) -> str:
+    return ExportReport(model_digest=model_digest_of(body), variants=["fp32", "int8"]).line()
 
 
 def kinds(p, verb=None):
@@ -342,11 +358,17 @@ def test_summaries():
     assert d["hash"] == "h" and d["digest"] == "dg" and d["ready"] == 2 and d["updated"] == 0
 
 
-def test_parse_metrics():
-    assert parse_metrics(EVAL_OK) == {"baseNdcg10": 0.41, "tunedNdcg10": 0.52, "gate": "passed"}
-    assert parse_metrics("evaluate: up to date") is None
-    assert parse_metrics('summary {"gate": "failed", "nested": {"x": 1}}') == {"gate": "failed"}
-    assert parse_metrics(None) is None
+def test_stage_reports_parse():
+    r = evaluate_report(EVAL_OK)
+    assert r.tuned_ndcg10 == 0.52 and r.gate == "passed" and not r.blocks_shipping()
+    assert evaluate_report(EVAL_BAD).blocks_shipping() and not evaluate_report(EVAL_OVERRIDDEN).blocks_shipping()
+    assert evaluate_report("evaluate: up to date") is None
+    assert evaluate_report('{"gate": "maybe", "gateMetric": "ndcg@10", "gateDataset": "test"}') is None
+    assert evaluate_report('{"gate": "failed"') is None  # truncated
+    assert evaluate_report(None) is None
+    digest = "sha256:" + "ab" * 32
+    assert export_digest(ExportReport(model_digest=digest, variants=["fp32"]).line()) == digest
+    assert export_digest("export: done") is None and export_digest('{"modelDigest": "abc"}') is None
 
 
 # ----------------------------------------------------------------------------- plan
@@ -449,13 +471,14 @@ def test_plan_quality_gate():
     assert p.status["metrics"]["tunedNdcg10"] == 0.30
     assert any(e[1] == "QualityGateFailed" for e in p.events)
     over = efr({"evaluation": {"gate": {"override": True}}})
-    p = plan(over, children_through(over, "evaluate", messages={"evaluate": EVAL_BAD}), SETTINGS, NOW)
+    p = plan(over, children_through(over, "evaluate", messages={"evaluate": EVAL_OVERRIDDEN}), SETTINGS, NOW)
     assert [a.obj["metadata"]["labels"][b.STAGE_LABEL] for a in p.actions if a.kind == "Job"] == ["export"]
     assert cond(p.status, "QualityGatePassed")["reason"] == "Overridden"
     ok = efr()
     p = plan(ok, children_through(ok, "evaluate", messages={"evaluate": EVAL_OK}), SETTINGS, NOW)
     assert kinds(p, "create") == [("create", "Job")] and cond(p.status, "QualityGatePassed")["status"] == "True"
-    assert p.status["metrics"] == {"baseNdcg10": 0.41, "tunedNdcg10": 0.52, "gate": "passed"}
+    assert p.status["metrics"] == {"baseNdcg10": 0.41, "tunedNdcg10": 0.52, "gate": "passed", "gateMetric": "ndcg@10",
+                                   "gateDataset": "test", "relativeImprovement": 0.268293, "required": 0.0}
 
 
 def test_plan_waits_briefly_for_the_evaluate_termination_message():
@@ -483,10 +506,10 @@ def _serving_children(body, dep=None, svc=True):
 
 def _dep_summary(body, ready: int, digest=None):
     spec = parsed(body)
-    fps = stage_fingerprints(spec)
-    d = b.build_serving_deployment(body, spec, SETTINGS, digest or fps["export"])
+    digest = digest or model_digest_of(body)
+    d = b.build_serving_deployment(body, spec, SETTINGS, digest)
     return {"name": d["metadata"]["name"], "uid": "dep", "owner": UID, "hash": d["metadata"]["annotations"][
-        b.HASH_ANNOTATION], "digest": digest or fps["export"], "generation": 1, "observedGeneration": 1,
+        b.HASH_ANNOTATION], "digest": digest, "generation": 1, "observedGeneration": 1,
         "replicas": spec.serving.replicas, "statusReplicas": spec.serving.replicas, "updated": ready,
         "ready": ready, "available": ready, "deleting": False}
 
@@ -502,7 +525,7 @@ def test_plan_deploys_after_export_and_reports_ready():
     assert p2.actions == []
     assert p2.status["phase"] == "Serving" and cond(p2.status, "Ready")["status"] == "True"
     assert cond(p2.status, "Succeeded")["status"] == "True"
-    assert p2.status["stage"] == "serving" and p2.status["modelDigest"]
+    assert p2.status["stage"] == "serving" and p2.status["modelDigest"] == model_digest_of(body)
     assert any(e[1] == "Ready" for e in p2.events)
     # lastTransitionTime only moves on flips
     p3 = plan({**body, "status": p2.status}, _serving_children(body, _dep_summary(body, ready=1)), SETTINGS,
@@ -533,7 +556,7 @@ def test_plan_retrain_rolls_the_deployment_to_the_new_model():
     p = plan({**new, "status": p.status}, ch, SETTINGS, NOW)
     upd = [a for a in p.actions if a.verb == "update" and a.kind == "Deployment"]
     assert upd and upd[0].obj["spec"]["template"]["metadata"]["annotations"][b.DIGEST_ANNOTATION] == \
-        stage_fingerprints(parsed(new))["export"]
+        model_digest_of(new) != model_digest_of(body)
     assert p.status["phase"] == "Deploying"
 
 

@@ -67,7 +67,13 @@ def tiny_beir(folder: Path, n_queries: int = 24) -> Path:
 
 
 def _stage_manifest(stage: str) -> dict[str, Any]:
-    return {"stage": stage, "status": "succeeded", "outputsDigest": f"fake-{stage}", "counts": {}, "outputs": {}}
+    m = {"stage": stage, "status": "succeeded", "outputsDigest": f"fake-{stage}", "counts": {}, "outputs": {}}
+    if stage == "evaluate":  # a passed gate, reported as the evaluate stage reports it
+        from eft.stage_reports import EvaluateReport
+
+        m["summary"] = EvaluateReport(base_ndcg10=0.5, tuned_ndcg10=0.5, gate="passed", gate_metric="ndcg@10",
+                                      gate_dataset="test").line()
+    return m
 
 
 def fake_workspace(root: Path, model_path: str | None = None) -> Path:

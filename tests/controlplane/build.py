@@ -50,6 +50,10 @@ MODULES = {
             "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            # the real-cluster tier (tests/cluster/): a node that runs pods
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
     },
     "etcd": {

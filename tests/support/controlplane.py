@@ -99,16 +99,21 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def generate_pki(d: Path) -> None:
-    """ca.crt/ca.key, apiserver.crt/.key (SAN 127.0.0.1, localhost, kubernetes.*), sa.key/sa.pub."""
+def generate_pki(d: Path, extra_ips: tuple[str, ...] = (), client_certs: dict | None = None) -> None:
+    """ca.crt/ca.key, apiserver.crt/.key (SAN 127.0.0.1, localhost, kubernetes.*, extra_ips), sa.key/sa.pub.
+
+    ``client_certs`` (file stem -> (common name, [groups])) adds client certificates signed by the CA,
+    such as the one the apiserver shows the kubelet; they need the ``cryptography`` package.
+    """
     sans_dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local"]
-    sans_ip = ["127.0.0.1", "10.96.0.1"]
+    sans_ip = ["127.0.0.1", "10.96.0.1", *extra_ips]
     try:
-        _generate_pki_cryptography(d, sans_dns, sans_ip)
+        _generate_pki_cryptography(d, sans_dns, sans_ip, client_certs or {})
         return
     except ImportError:
-        pass
+        if client_certs:
+            raise
     if not shutil.which("openssl"):
         raise RuntimeError("need the `cryptography` package or the `openssl` CLI to make test certificates")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
@@ -127,7 +132,8 @@ def generate_pki(d: Path) -> None:
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
 
-def _generate_pki_cryptography(d: Path, sans_dns: list[str], sans_ip: list[str]) -> None:
+def _generate_pki_cryptography(d: Path, sans_dns: list[str], sans_ip: list[str],
+                               client_certs: dict[str, tuple[str, list[str]]]) -> None:
     import datetime
     import ipaddress
 
@@ -166,6 +172,19 @@ def _generate_pki_cryptography(d: Path, sans_dns: list[str], sans_ip: list[str])
            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
            .sign(ca_key, hashes.SHA256()))
+    for stem, (cn, groups) in client_certs.items():
+        ck = key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+                            + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(ck.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(later)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False),
+                               critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        write_key(ck, f"{stem}.key")
+        (d / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     sa_key = key()
     write_key(ca_key, "ca.key")
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -245,8 +264,23 @@ class ControlPlaneError(RuntimeError):
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager as child processes."""
 
-    def __init__(self, binaries: dict[str, str], workdir: Path | None = None, versions: dict | None = None):
+    def __init__(self, binaries: dict[str, str], workdir: Path | None = None, versions: dict | None = None, *,
+                 bind_address: str = "127.0.0.1", port: int | None = None, extra_tokens: tuple[str, ...] = (),
+                 client_certs: dict | None = None, apiserver_flags: tuple[str, ...] | None = None,
+                 controller_flags: tuple[str, ...] | None = None):
+        """The defaults are the API-server-only tier; tests/cluster/cluster.py (a real node) passes the rest:
+        an address pods can route to, kubelet credentials, and flags for a cluster with a kubelet."""
         self.binaries = dict(binaries)
+        self.bind_address = bind_address
+        self.extra_tokens = tuple(extra_tokens)
+        self.client_certs = dict(client_certs or {})
+        # the "kubernetes" Service's Endpoints may not point at loopback: don't reconcile them
+        self.apiserver_flags = tuple(apiserver_flags if apiserver_flags is not None
+                                     else ("--endpoint-reconciler-type=none",))
+        # no kubelet: nothing would renew node leases, so the node lifecycle controller would taint the
+        # fake node and evict its pods
+        self.controller_flags = tuple(controller_flags if controller_flags is not None
+                                      else ("--controllers=*,-node-lifecycle-controller",))
         self.versions = dict(versions or {})
         if workdir is None:
             _sweep_stale_workdirs()
@@ -260,8 +294,8 @@ class ControlPlane:
         self.token = "eft-admin-" + uuid.uuid4().hex
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
-        self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
+        self.port = port or free_port()
+        self.server = f"https://{bind_address}:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list = []
         self.started_seconds: float | None = None
@@ -275,8 +309,11 @@ class ControlPlane:
             _LIVE.add(self)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.pki.mkdir(parents=True, exist_ok=True)
-        generate_pki(self.pki)
-        (self.pki / "tokens.csv").write_text(f'{self.token},eft-admin,eft-admin,"system:masters"\n')
+        extra_ips = () if self.bind_address == "127.0.0.1" else (self.bind_address,)
+        generate_pki(self.pki, extra_ips, self.client_certs)
+        (self.pki / "tokens.csv").write_text(
+            "".join(f"{line}\n" for line in (f'{self.token},eft-admin,eft-admin,"system:masters"',
+                                              *self.extra_tokens)))
         self._write_kubeconfig()
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
@@ -289,7 +326,8 @@ class ControlPlane:
         self._spawn("kube-apiserver", [
             self.binaries["kube-apiserver"],
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
+            f"--bind-address={self.bind_address}", f"--advertise-address={self.bind_address}",
+            f"--secure-port={self.port}",
             f"--tls-cert-file={self.pki / 'apiserver.crt'}", f"--tls-private-key-file={self.pki / 'apiserver.key'}",
             f"--client-ca-file={self.pki / 'ca.crt'}",
             f"--token-auth-file={self.pki / 'tokens.csv'}",
@@ -299,8 +337,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={self.pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            # the "kubernetes" Service's Endpoints may not point at loopback: don't reconcile them
-            "--endpoint-reconciler-type=none",
+            *self.apiserver_flags,
             "--allow-privileged=true", "--profiling=false", "--v=1",
         ])
         if wait:
@@ -308,9 +345,7 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             self.binaries["kube-controller-manager"],
             f"--kubeconfig={self.kubeconfig}",
-            # no kubelet: nothing would renew node leases, so the node lifecycle controller
-            # would taint the fake node and evict its pods
-            "--controllers=*,-node-lifecycle-controller",
+            *self.controller_flags,
             "--leader-elect=false", "--secure-port=0",
             f"--service-account-private-key-file={self.pki / 'sa.key'}",
             f"--root-ca-file={self.pki / 'ca.crt'}",
@@ -324,8 +359,8 @@ class ControlPlane:
         return self
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM each process group (controller-manager, apiserver, etcd), then SIGKILL."""
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        """SIGTERM each process group, last started first (etcd last), then SIGKILL."""
+        for name in reversed(list(self.procs)):
             p = self.procs.get(name)
             if p is None or p.poll() is not None:
                 continue

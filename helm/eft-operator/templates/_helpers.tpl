@@ -50,6 +50,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
+A stage or serving image: an explicit tag as given, else the appVersion with the flavour's suffix
+(defaults.imageFlavour cpu -> "<appVersion>-cpu", images/README.md).
+*/}}
+{{- define "eft-operator.flavouredImage" -}}
+{{- $img := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- $suffix := ternary "-cpu" "" (eq $root.Values.defaults.imageFlavour "cpu") -}}
+{{- printf "%s:%s" $img.repository (default (printf "%s%s" $root.Chart.AppVersion $suffix) $img.tag) -}}
+{{- end -}}
+
+{{/*
 The operator's RBAC rules: exactly operator/rbac.py's cluster_role_rules() (tests/test_helm.py
 compares them). Every resource is namespaced, so the same rules serve a ClusterRole (all namespaces)
 and a Role per watched namespace. No wildcards.

@@ -1,0 +1,188 @@
+"""The real-cluster tier (tests/e2e): a node that runs pods, the product's images, the chart installed.
+
+Fixtures (a pytest plugin, loaded by tests/conftest.py):
+
+``real_cluster`` (session)
+    A :class:`RealCluster` for the single-node cluster of tests/cluster/cluster.py: reused when one is
+    already up (``python tests/cluster/cluster.py up`` by hand keeps it between runs), else started for
+    the session and stopped after it (``EFT_KEEP_CLUSTER=1`` leaves it up).
+``e2e_images`` (session)
+    The operator, stage (cpu) and server (cpu) images built from images/*.Dockerfile (podman, layer
+    cache: a warm rebuild redoes only the eft layers) and present in the node's containerd.
+``eft_operator`` (session)
+    ``helm install`` of helm/eft-operator (the CRD, the operator as a pod under the chart's ServiceAccount
+    and RBAC, the cpu image flavour); waits for its Deployment; ``helm uninstall`` after the session.
+
+Tests using them are marked ``e2e``. A machine that cannot run the cluster (not root, packages missing)
+skips them with a banner; with ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_PY = REPO / "tests" / "cluster" / "cluster.py"
+IMAGES_PY = REPO / "tests" / "cluster" / "images.py"
+OPERATOR_NAMESPACE = "eft-system"
+RELEASE = "eft"
+
+_MISSING_KEY = pytest.StashKey[str]()
+
+
+def _load(name: str, path: Path):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cluster_module():
+    return _load("eft_test_cluster", CLUSTER_PY)
+
+
+def images_module():
+    return _load("eft_test_cluster_images", IMAGES_PY)
+
+
+class RealCluster:
+    """kubectl / helm / API clients for the running cluster (state from tests/cluster/cluster.py)."""
+
+    def __init__(self, state: dict):
+        from tests.support.controlplane import load_build_module
+
+        self.kubeconfig = state["kubeconfig"]
+        self.server = state["server"]
+        self.node = state["node"]
+        self.bin_dir = load_build_module().bin_dir()
+        self.work = Path(self.kubeconfig).parent
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        for k in ("CACHE", "CONFIG", "DATA"):
+            env[f"HELM_{k}_HOME"] = str(self.work / "helm" / k.lower())
+        env.update(extra)
+        return env
+
+    def _run(self, tool: str, args, check: bool, input: str | None, timeout: float):
+        proc = subprocess.run([str(self.bin_dir / tool), *map(str, args)], env=self.env(), input=input, text=True,
+                              capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def kubectl(self, *args, check: bool = True, input: str | None = None, timeout: float = 120):
+        return self._run("kubectl", args, check, input, timeout)
+
+    def helm(self, *args, check: bool = True, timeout: float = 300):
+        return self._run("helm", args, check, None, timeout)
+
+    def get(self, *args) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def api_client(self):
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=self.kubeconfig)
+
+    def pvc_path(self, namespace: str, claim: str) -> Path:
+        """The host folder of a host-path provisioned claim (tests read the workspace from the host)."""
+        pvc = self.get("pvc", claim, "-n", namespace)
+        pv = self.get("pv", pvc["spec"]["volumeName"])
+        return Path(pv["spec"]["hostPath"]["path"])
+
+
+def _unavailable(config, reason: str):
+    reason = "real cluster unavailable: " + reason
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + " (CI=true: the e2e tier must run)", pytrace=False)
+    config.stash[_MISSING_KEY] = reason
+    pytest.skip(reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: needs the real single-node cluster and the images (tests/cluster)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    missing = config.stash.get(_MISSING_KEY, None)
+    if missing:
+        terminalreporter.write_sep("!", "real cluster unavailable: e2e tests were skipped", red=True)
+        terminalreporter.write_line(missing, red=True)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request, control_plane_binaries):
+    cl = cluster_module()
+    problems = cl.missing_host_requirements()
+    if problems:
+        _unavailable(request.config, "missing " + ", ".join(problems) + " (`make cluster-host` installs them)")
+    state = cl.running_state()
+    started = False
+    if state is None:
+        proc = subprocess.run([sys.executable, str(CLUSTER_PY), "up"], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"could not start the real cluster:\n{proc.stderr[-4000:]}", pytrace=False)
+        state = json.loads(proc.stdout.strip().splitlines()[-1])
+        started = True
+    yield RealCluster(state)
+    if started and os.environ.get("EFT_KEEP_CLUSTER") != "1":
+        subprocess.run([sys.executable, str(CLUSTER_PY), "down"], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def e2e_images(real_cluster) -> dict[str, str]:
+    """image name -> tag, built from the current sources and loaded into the node."""
+    im = images_module()
+    proc = subprocess.run([sys.executable, str(IMAGES_PY), "build"], stdout=subprocess.PIPE, text=True,
+                          timeout=3600)
+    assert proc.returncode == 0, "building the images failed (output above)"
+    build = json.loads(proc.stdout.strip().splitlines()[-1])
+    load = subprocess.run([sys.executable, str(IMAGES_PY), "load"], stdout=subprocess.PIPE, text=True, timeout=3600)
+    assert load.returncode == 0, "loading the images into the node failed"
+    tags = {b["image"]: b["tag"] for b in build["images"]}
+    assert set(tags) == {i for i, _ in im.BUILDS}
+    return tags
+
+
+@pytest.fixture(scope="session")
+def eft_operator(real_cluster, e2e_images):
+    """The chart installed as a user would, with the cpu image flavour; yields the release's namespace."""
+    rc = real_cluster
+    operator_image = e2e_images["operator"]
+    repo, tag = operator_image.rsplit(":", 1)
+    rc.helm("upgrade", "--install", RELEASE, str(REPO / "helm" / "eft-operator"), "--namespace", OPERATOR_NAMESPACE,
+            "--create-namespace", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "--set", "defaults.imageFlavour=cpu", "--set", "operator.resyncSeconds=10",
+            "--wait", "--timeout", "180s", timeout=240)
+    yield OPERATOR_NAMESPACE
+    if os.environ.get("EFT_KEEP_CLUSTER") != "1":
+        rc.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "120s", check=False)
+
+
+@pytest.fixture
+def e2e_namespace(real_cluster):
+    name = "e2e-" + uuid.uuid4().hex[:8]
+    real_cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if real_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0:
+            break
+        time.sleep(0.2)
+    yield name
+    if os.environ.get("EFT_KEEP_CLUSTER") != "1":
+        real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

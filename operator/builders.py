@@ -272,6 +272,8 @@ def container_security_context() -> dict[str, Any]:
             "runAsNonRoot": True}
 
 
+PRESTOP_DRAIN_SECONDS = 5
+
 # HOME, Python/torch/matplotlib caches and temp files of every pod: an emptyDir, since the root is read-only.
 TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
@@ -516,6 +518,9 @@ def serving_container(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, settings
         # A swapped-in server (NIM, text-embeddings-inference) has its own health paths: only the
         # readiness path is configurable, liveness checks that the port answers.
         live = {"tcpSocket": {"port": "http"}}
+    # During a rollout the old pod keeps answering for a few seconds after it is told to stop, while the
+    # Service's endpoints (kube-proxy's rules on every node) drop it; the kubelet's own sleep needs no binary.
+    c["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_DRAIN_SECONDS}}}
     c["startupProbe"] = {**live, "periodSeconds": 5, "failureThreshold": 120}
     c["livenessProbe"] = {**live, "periodSeconds": 10, "failureThreshold": 3}
     env = [{"name": "HOME", "value": "/tmp"}] + json.loads(json.dumps(sv.env))

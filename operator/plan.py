@@ -121,10 +121,13 @@ def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
             term = t
             if cs.get("name") == "stage":
                 break
+    unscheduled = next((c for c in st.get("conditions") or [] if c.get("type") == "PodScheduled"
+                        and c.get("status") == "False" and c.get("reason") == "Unschedulable"), None)
     return {
         "name": meta.get("name"),
         "job": labels.get(b.JOB_NAME_LABEL) or labels.get("job-name"),
         "phase": st.get("phase"),
+        "unschedulable": (unscheduled.get("message") or "unschedulable") if unscheduled else None,
         "message": (term.get("message") or "").strip() or None,
         "exitCode": term.get("exitCode"),
         "reason": term.get("reason"),
@@ -410,9 +413,17 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
             progressing = ("True", "Queued", message)
             queued = ("True", "WaitingForAdmission", message)
         elif e["phase"] == "Running":
-            message = f"stage {current} running (Job {e['job']}" + (
-                f", attempt {e['attempts']})" if e.get("attempts", 1) > 1 else ")")
-            progressing = ("True", "StageRunning", message)
+            stuck = next((p["unschedulable"] for p in children.pods.get(e["job"]) or []
+                          if p.get("unschedulable") and p.get("phase") == "Pending"), None)
+            if stuck:
+                # a GPU stage on a cluster without GPUs waits here forever: say so, with the scheduler's words
+                message = (f"stage {current}: its pod cannot be scheduled: {_trim(stuck)} (scheduling.stages."
+                           f"{current}.gpus / training.gpusPerNode / resources set what it asks for)")
+                progressing = ("True", "Unschedulable", message)
+            else:
+                message = f"stage {current} running (Job {e['job']}" + (
+                    f", attempt {e['attempts']})" if e.get("attempts", 1) > 1 else ")")
+                progressing = ("True", "StageRunning", message)
         elif blockers:
             message = "; ".join(blockers)
             progressing = ("False", "ChildConflict", message)
@@ -627,6 +638,9 @@ def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[st
             reason = nc.get("Failed", {}).get("reason")
             if reason in ("InvalidSpec", "QualityGateFailed"):
                 events.append(("Warning", reason, f"stage {stage}: {new.get('message') or ''}"))
+    p_old, p_new = oc.get("Progressing") or {}, nc.get("Progressing") or {}
+    if p_new.get("reason") == "Unschedulable" and p_old.get("reason") != "Unschedulable":
+        events.append(("Warning", "Unschedulable", p_new.get("message") or ""))
     g_old, g_new = oc.get("QualityGatePassed") or {}, nc.get("QualityGatePassed") or {}
     if (g_new.get("status"), g_new.get("reason")) != (g_old.get("status"), g_old.get("reason")):
         if g_new.get("status") == "True":

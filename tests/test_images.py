@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
 REQ = IMAGES_DIR / "requirements"
 IMAGES = ("operator", "stages", "server")
+LOCKS = ("operator", "stages", "stages-cpu", "server", "server-cpu")
 # GPU builds of what pyproject.toml lists (same import names, CUDA wheels).
 GPU_SWAPS = {"faiss-cpu": "faiss-gpu-cu12", "onnxruntime": "onnxruntime-gpu"}
 OCI_LABELS = {"title": "text", "description": "text", "version": "text", "revision": "text", "created": "text",
@@ -38,6 +39,16 @@ def _load_lock_module():
 
 
 lock = _load_lock_module()
+
+
+def _load_build_script():
+    spec = importlib.util.spec_from_file_location("eft_images_build", IMAGES_DIR / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+build_script = _load_build_script()
 
 
 def dockerfile(image: str) -> Path:
@@ -67,6 +78,13 @@ def final_stage(image: str) -> list[tuple[str, str]]:
     ins = instructions(image)
     last_from = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
     return ins[last_from:]
+
+
+def expand(image: str, text: str, **build_args: str) -> str:
+    """${ARG} replaced by the Dockerfile's defaults (or the given build arguments)."""
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile(image).read_text(), re.M))
+    defaults.update(build_args)
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], text)
 
 
 # --------------------------------------------------------------------------- hadolint
@@ -124,7 +142,7 @@ def test_layer_order_is_cache_friendly(image):
     """Locked requirements are copied and installed before the eft wheel, and installed --no-deps."""
     stage = final_stage(image)
     copies = [(i, rest) for i, (w, rest) in enumerate(stage) if w == "COPY"]
-    req_at = next(i for i, rest in copies if f"images/requirements/{image}.txt" in rest)
+    req_at = next(i for i, rest in copies if f"images/requirements/{image}.txt" in expand(image, rest))
     wheel_at = next(i for i, rest in copies if rest.startswith("--from=wheel"))
     assert req_at < wheel_at
     runs = [rest for w, rest in stage if w == "RUN"]
@@ -212,12 +230,12 @@ def ignored(rel: str) -> bool:
     return result
 
 
-def _copy_sources(image: str) -> list[str]:
+def _copy_sources(image: str, **build_args: str) -> list[str]:
     out = []
     for word, rest in instructions(image):
         if word != "COPY" or rest.startswith("--from"):
             continue
-        out += [s.rstrip("/") for s in shlex.split(rest)[:-1] if not s.startswith("--")]
+        out += [s.rstrip("/") for s in shlex.split(expand(image, rest, **build_args))[:-1] if not s.startswith("--")]
     return out
 
 
@@ -229,9 +247,10 @@ def _tracked(rel: str) -> list[str]:
             if f.is_file() and "__pycache__" not in f.parts and not f.name.endswith(".pyc")]
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_build_context_has_every_copied_file(image):
-    for src in _copy_sources(image):
+@pytest.mark.parametrize("image,flavour", [(i, f) for i in IMAGES for f in ("gpu", "cpu")])
+def test_build_context_has_every_copied_file(image, flavour):
+    """Both flavours: images/build.py's build arguments name files the context holds."""
+    for src in _copy_sources(image, **build_script.flavour_args(image, flavour)):
         files = _tracked(src)
         assert files, f"{image}: COPY {src}: nothing there"
         for f in files:
@@ -281,7 +300,11 @@ def test_eft_wheel_builds_from_the_build_context(tmp_path):
 # --------------------------------------------------------------------------- locks
 
 
-@pytest.mark.parametrize("image", IMAGES)
+def test_every_lock_is_known_to_the_lock_script():
+    assert set(lock.IMAGES) == set(LOCKS) == {p.stem for p in REQ.glob("*.in")}
+
+
+@pytest.mark.parametrize("image", LOCKS)
 def test_lock_pins_everything_and_follows_the_in_file(image):
     pins = lock.read_pins(REQ / f"{image}.txt")  # raises on anything but name==version
     direct = {}
@@ -311,6 +334,29 @@ def test_stage_image_satisfies_eft_dependencies():
         assert swapped not in pins, f"both {swapped} and {gpu} would install the same module"
 
 
+def test_cpu_stage_image_satisfies_eft_dependencies_as_pyproject_names_them():
+    pins = lock.read_pins(REQ / "stages-cpu.txt")
+    for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        r = Requirement(dep)
+        name = lock.canonical(r.name)
+        assert name in pins and r.specifier.contains(pins[name], prereleases=True), (dep, pins.get(name))
+    for gpu in GPU_SWAPS.values():
+        assert gpu not in pins
+
+
+def test_cpu_flavours_differ_from_the_gpu_ones_only_in_their_gpu_builds():
+    """Same direct pins but the GPU builds: a cpu image runs the code the gpu image runs."""
+    def direct(name):
+        return {Requirement(line.split("#", 1)[0]).name: line.split("#", 1)[0].strip()
+                for line in (REQ / f"{name}.in").read_text().splitlines() if line.split("#", 1)[0].strip()}
+
+    for image in ("stages", "server"):
+        gpu, cpu = direct(image), direct(f"{image}-cpu")
+        same = {k for k in gpu if k in cpu and gpu[k] == cpu[k]}
+        assert set(gpu) - same <= {"onnxruntime-gpu", "faiss-gpu-cu12"}, set(gpu) - same
+        assert set(cpu) - same <= {"onnxruntime", "faiss-cpu"}, set(cpu) - same
+
+
 def test_tensorrt_pins():
     text = (REQ / "tensorrt.txt").read_text()
     pins = {}
@@ -321,7 +367,7 @@ def test_tensorrt_pins():
             pins[lock.canonical(name)] = version
     assert set(pins) == {"tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-cu12-bindings"}
     assert len(set(pins.values())) == 1, pins  # one TensorRT release
-    for image in ("stages", "server"):
+    for image in ("stages", "stages-cpu", "server", "server-cpu"):
         assert "tensorrt" not in " ".join(lock.read_pins(REQ / f"{image}.txt"))
 
 
@@ -403,15 +449,16 @@ def _resolve_lock(image: str) -> None:
     assert resolved == pins
 
 
-@pytest.mark.parametrize("image", ["operator", "server"])
+@pytest.mark.parametrize("image", ["operator", "server", "server-cpu"])
 def test_lock_resolves(image):
     _resolve_lock(image)
 
 
 @pytest.mark.slow
-def test_stages_lock_resolves():
+@pytest.mark.parametrize("image", ["stages", "stages-cpu"])
+def test_stages_lock_resolves(image):
     """Slow: PyTorch + CUDA wheels' metadata (~150 distributions)."""
-    _resolve_lock("stages")
+    _resolve_lock(image)
 
 
 def test_tensorrt_releases_exist_on_pypi():

@@ -834,3 +834,22 @@ def test_work_queue_deduplicates_and_serialises_keys():
         assert len(q) == 2
 
     asyncio.run(scenario())
+
+
+def test_plan_says_when_a_stage_pod_cannot_be_scheduled():
+    """A GPU stage on a cluster without GPUs: the scheduler's reason in status and one Warning Event."""
+    body = efr()
+    ch = children_through(body, "prepare", "Running")
+    job = next(j for j in ch.jobs if j["stage"] == "prepare")
+    pending = summarize_pod({"metadata": {"name": "p", "labels": {b.JOB_NAME_LABEL: job["name"]}},
+                             "status": {"phase": "Pending", "conditions": [
+                                 {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}})
+    ch.pods[job["name"]] = [pending]
+    p = plan(body, ch, SETTINGS, NOW)
+    prog = cond(p.status, "Progressing")
+    assert prog["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in prog["message"]
+    assert "training.gpusPerNode" in p.status["message"]
+    assert [e for e in p.events if e[1] == "Unschedulable"]
+    again = plan({**body, "status": p.status}, ch, SETTINGS, NOW)
+    assert not [e for e in again.events if e[1] == "Unschedulable"]  # once, not every reconcile

@@ -9,6 +9,7 @@ evaluate pod wrote -> the serving Deployment becomes Ready through its readiness
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import pytest
 
 from eft.spec import STAGES
 from eft.stage_reports import model_digest
+from tests.support.cluster import namespace
 
-pytestmark = pytest.mark.e2e
+# images built and loaded (first test of a session), then the whole pipeline on two cores
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "quickstart"
@@ -31,16 +34,44 @@ def stage_jobs(rc, ns: str) -> dict[str, dict]:
     return {j["metadata"]["labels"]["eft.ai/stage"]: j for j in items}
 
 
-def test_quickstart_runs_every_stage_in_a_pod_and_serves_the_model(real_cluster, eft_operator, e2e_namespace):
-    rc, ns = real_cluster, e2e_namespace
-    t0 = time.monotonic()
-    rc.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / "quickstart.yaml"))
-    rc.kubectl("wait", "-n", ns, "--for=jsonpath={.status.phase}=Bound", f"pvc/{NAME}-workspace", "--timeout=60s")
-    rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{NAME}", "--timeout=1800s",
-               timeout=1860)
-    elapsed = time.monotonic() - t0
-    print(f"quickstart through the operator: Ready after {elapsed:.0f}s")
-    print(rc.kubectl("get", "eft,jobs,pods,deploy,svc", "-n", ns, "-o", "wide").stdout)
+@pytest.fixture(scope="module")
+def quickstart(real_cluster, eft_operator):
+    """examples/quickstart.yaml applied in a fresh namespace and Ready; yields the namespace."""
+    rc = real_cluster
+    with namespace(rc) as ns:
+        t0 = time.monotonic()
+        rc.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / "quickstart.yaml"))
+        rc.wait_for_object("pvc", f"{NAME}-workspace", ns)  # the operator creates it
+        rc.kubectl("wait", "-n", ns, "--for=jsonpath={.status.phase}=Bound", f"pvc/{NAME}-workspace",
+                   "--timeout=60s")
+        rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{NAME}", "--timeout=1800s",
+                   timeout=1860)
+        print(f"\nquickstart through the operator: Ready after {time.monotonic() - t0:.0f}s")
+        print(rc.kubectl("get", "eft,jobs,pods,deploy,svc", "-n", ns, "-o", "wide").stdout)
+        yield ns
+
+
+def served_vs_local(rc, ns: str, texts=TEXTS, max_retries: int = 3) -> np.ndarray:
+    """Cosine per text: the real openai client through the Service vs the exported model run here."""
+    from openai import OpenAI
+
+    from eft.serving.backends import load_backend
+
+    ws = rc.pvc_path(ns, f"{NAME}-workspace")
+    client = OpenAI(base_url=service_url(rc, ns), api_key="unused", max_retries=max_retries, timeout=30)
+    got = client.embeddings.create(model=client.models.list().data[0].id, input=list(texts))
+    served = np.array([d.embedding for d in got.data], dtype=np.float32)
+    local = load_backend(ws / "export", backend="onnx", variant="auto", device="cpu").embed_texts(list(texts))
+    return np.sum(served * local, axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1))
+
+
+def service_url(rc, ns: str) -> str:
+    svc = rc.get("service", f"{NAME}-serve", "-n", ns)
+    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/v1"
+
+
+def test_quickstart_runs_every_stage_in_a_pod_and_serves_the_model(real_cluster, quickstart):
+    rc, ns = real_cluster, quickstart
 
     efr = rc.get("embeddingfinetune", NAME, "-n", ns)
     status = efr["status"]
@@ -76,18 +107,56 @@ def test_quickstart_runs_every_stage_in_a_pod_and_serves_the_model(real_cluster,
     assert files_owner == {1000}, "the stages ran as uid 1000 and wrote the claim through fsGroup"
 
     # the real openai client through the Service, against the exported model run here
-    from openai import OpenAI
-
-    from eft.serving.backends import load_backend
-
-    svc = rc.get("service", f"{NAME}-serve", "-n", ns)
-    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/v1"
-    assert status["endpoint"].endswith(f".{ns}.svc:{svc['spec']['ports'][0]['port']}")
-    client = OpenAI(base_url=url, api_key="unused", max_retries=3, timeout=30)
-    served_model = client.models.list().data[0].id
-    got = client.embeddings.create(model=served_model, input=TEXTS)
-    served = np.array([d.embedding for d in got.data], dtype=np.float32)
-    local = load_backend(ws / "export", backend="onnx", variant="auto", device="cpu").embed_texts(TEXTS)
-    cosines = np.sum(served * local, axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1))
+    assert status["endpoint"] == f"http://{NAME}-serve.{ns}.svc:8000"
+    cosines = served_vs_local(rc, ns)
     print(f"served vs local cosine: min {cosines.min():.6f}")
     assert cosines.min() > 0.999
+
+
+def test_a_training_change_reruns_from_train_and_rolls_out_without_a_failed_request(real_cluster, quickstart):
+    rc, ns = real_cluster, quickstart
+    before = {s: j["metadata"]["name"] for s, j in stage_jobs(rc, ns).items()}
+    old = rc.get("embeddingfinetune", NAME, "-n", ns)
+    url = service_url(rc, ns)
+    calls, failures, stop = [0], [], threading.Event()
+
+    def client_loop():
+        from openai import OpenAI
+
+        client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=10)  # every failure counts
+        while not stop.is_set():
+            try:
+                client.embeddings.create(model=f"{NAME}-embed", input=TEXTS[:1])
+                calls[0] += 1
+            except Exception as e:  # noqa: BLE001 - recorded, asserted below
+                failures.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client_loop, daemon=True)
+    thread.start()
+    try:
+        rc.kubectl("patch", "embeddingfinetune", NAME, "-n", ns, "--type", "merge",
+                   "-p", json.dumps({"spec": {"training": {"learningRate": 3.0e-5}}}))
+        deadline = time.monotonic() + 1500
+        while True:
+            st = rc.get("embeddingfinetune", NAME, "-n", ns).get("status") or {}
+            ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+            if (st.get("observedGeneration") == old["metadata"]["generation"] + 1 and ready.get("status") == "True"
+                    and st.get("modelDigest") != old["status"]["modelDigest"]):
+                break
+            assert time.monotonic() < deadline, f"no rollout of the retrained model: {st.get('message')}"
+            time.sleep(2)
+        time.sleep(2)  # a few calls on the new model too
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    after = {s: j["metadata"]["name"] for s, j in stage_jobs(rc, ns).items()}
+    # nothing before train ran again; train and what follows ran under new names
+    for s in ("ingest", "sdg", "prepare"):
+        assert after[s] == before[s], s
+    for s in ("train", "evaluate", "export"):
+        assert after[s] != before[s], s
+    print(f"rollout: {calls[0]} calls, {len(failures)} failed")
+    assert not failures, failures[:5]
+    assert calls[0] > 20
+    assert served_vs_local(rc, ns).min() > 0.999  # the Service answers with the new export

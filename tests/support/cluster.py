@@ -19,6 +19,7 @@ skips them with a banner; with ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -93,6 +94,14 @@ class RealCluster:
 
     def get(self, *args) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def wait_for_object(self, kind: str, name: str, namespace: str, timeout: float = 60) -> None:
+        """`kubectl wait` refuses an object that does not exist yet: wait for it to appear first."""
+        deadline = time.monotonic() + timeout
+        while self.kubectl("get", kind, name, "-n", namespace, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{kind}/{name} did not appear in {namespace} within {timeout:.0f}s")
+            time.sleep(0.5)
 
     def api_client(self):
         from kubernetes import config
@@ -174,15 +183,20 @@ def eft_operator(real_cluster, e2e_images):
         rc.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "120s", check=False)
 
 
+@contextlib.contextmanager
+def namespace(rc: RealCluster):
+    """A fresh namespace (its default ServiceAccount made), deleted afterwards unless EFT_KEEP_CLUSTER=1."""
+    name = "e2e-" + uuid.uuid4().hex[:8]
+    rc.kubectl("create", "namespace", name)
+    rc.wait_for_object("serviceaccount", "default", name, timeout=30)
+    try:
+        yield name
+    finally:
+        if os.environ.get("EFT_KEEP_CLUSTER") != "1":
+            rc.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.fixture
 def e2e_namespace(real_cluster):
-    name = "e2e-" + uuid.uuid4().hex[:8]
-    real_cluster.kubectl("create", "namespace", name)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if real_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0:
-            break
-        time.sleep(0.2)
-    yield name
-    if os.environ.get("EFT_KEEP_CLUSTER") != "1":
-        real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with namespace(real_cluster) as name:
+        yield name

@@ -1,0 +1,105 @@
+"""What a user sees when a run must not ship or cannot run, on the real cluster with the real images.
+
+- A gate that cannot pass: evaluate runs once (its pod exits 0: a verdict is not a crash), the resource ends
+  Failed / QualityGateFailed with an Event saying why, nothing is exported or served; `gate.override: true`
+  then ships it.
+- A corpus path that does not exist: ingest fails once (the Job's podFailurePolicy stops retries of a
+  failure that retrying cannot fix), with the pod's one-line message in status and in an Event.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.cluster import namespace
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def quickstart_with(name: str, **spec_changes) -> str:
+    doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    doc["metadata"]["name"] = name
+    for dotted, value in spec_changes.items():
+        node = doc["spec"]
+        *path, last = dotted.split(".")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = copy.deepcopy(value)
+    return yaml.safe_dump(doc)
+
+
+def condition(efr: dict, kind: str) -> dict:
+    return next((c for c in (efr.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def events(rc, ns: str, name: str) -> list[dict]:
+    return [e for e in rc.get("events", "-n", ns)["items"] if e["involvedObject"].get("name") == name]
+
+
+def jobs_by_stage(rc, ns: str, name: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for j in rc.get("jobs", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"]:
+        out.setdefault(j["metadata"]["labels"]["eft.ai/stage"], []).append(j)
+    return out
+
+
+def test_a_gate_that_cannot_pass_stops_before_export_and_override_ships(real_cluster, eft_operator):
+    rc, name = real_cluster, "gated"
+    with namespace(rc) as ns:
+        rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(
+            name, **{"evaluation.gate": {"metric": "ndcg@10", "minRelativeImprovement": 1.0}}))
+        rc.kubectl("wait", "-n", ns, "--for=condition=Failed", f"embeddingfinetune/{name}", "--timeout=1500s",
+                   timeout=1560)
+        efr = rc.get("embeddingfinetune", name, "-n", ns)
+        failed = condition(efr, "Failed")
+        assert failed["reason"] == "QualityGateFailed", efr["status"]
+        assert "quality gate failed" in failed["message"] and "evaluation.gate.override" in failed["message"]
+        assert condition(efr, "QualityGatePassed")["reason"] == "BelowThreshold"
+        assert condition(efr, "Ready")["status"] == "False"
+        jobs = jobs_by_stage(rc, ns, name)
+        [evaluate] = jobs["evaluate"]
+        assert evaluate["status"].get("succeeded") == 1 and not evaluate["status"].get("failed"), evaluate["status"]
+        assert "export" not in jobs
+        assert rc.get("deployments", "-n", ns)["items"] == []
+        ws = rc.pvc_path(ns, f"{name}-workspace")
+        assert not (ws / "export").exists()
+        assert json.loads((ws / "evaluate" / "metrics.json").read_text())["gate"]["status"] == "failed"
+        warned = [e for e in events(rc, ns, name) if e["reason"] == "QualityGateFailed"]
+        assert warned and warned[0]["type"] == "Warning" and "quality gate failed" in warned[0]["message"]
+
+        rc.kubectl("patch", "embeddingfinetune", name, "-n", ns, "--type", "merge",
+                   "-p", json.dumps({"spec": {"evaluation": {"gate": {"override": True}}}}))
+        rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{name}", "--timeout=900s",
+                   timeout=960)
+        efr = rc.get("embeddingfinetune", name, "-n", ns)
+        assert condition(efr, "QualityGatePassed")["reason"] == "Overridden"
+        assert efr["status"]["metrics"]["gate"] == "overridden" and efr["status"]["phase"] == "Serving"
+        assert [j["status"].get("succeeded") for j in jobs_by_stage(rc, ns, name)["export"]] == [1]
+
+
+def test_a_missing_corpus_fails_once_with_the_pods_message(real_cluster, eft_operator):
+    rc, name = real_cluster, "nocorpus"
+    with namespace(rc) as ns:
+        rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(
+            name, **{"corpus.path": "/workspace/no-such-folder", "scheduling.backoffLimit": 3}))
+        rc.kubectl("wait", "-n", ns, "--for=condition=Failed", f"embeddingfinetune/{name}", "--timeout=300s",
+                   timeout=360)
+        efr = rc.get("embeddingfinetune", name, "-n", ns)
+        failed = condition(efr, "Failed")
+        assert failed["reason"] == "StageFailed"
+        assert "stage ingest failed" in failed["message"] and "no-such-folder" in failed["message"]
+        [job] = jobs_by_stage(rc, ns, name)["ingest"]
+        assert job["status"].get("failed") == 1, "a failure that retrying cannot fix is not retried"
+        reasons = {c["reason"] for c in job["status"].get("conditions") or [] if c["status"] == "True"}
+        assert "PodFailurePolicy" in reasons, job["status"]
+        ingest = next(s for s in efr["status"]["stages"] if s["name"] == "ingest")
+        assert ingest["phase"] == "Failed" and "no-such-folder" in ingest["message"] and "\n" not in ingest["message"]
+        warned = [e for e in events(rc, ns, name) if e["reason"] == "StageFailed"]
+        assert warned and "no-such-folder" in warned[0]["message"]

@@ -246,8 +246,9 @@ def test_rendered_settings_are_what_the_operator_reads(rendered, case, monkeypat
     if case != "default":
         values = _merge(values, ci_values(case))
     d = values["defaults"]
-    assert settings.image == f"{d['stageImage']['repository']}:{d['stageImage']['tag'] or '0.1.0'}"
-    assert settings.serving_image == f"{d['servingImage']['repository']}:{d['servingImage']['tag'] or '0.1.0'}"
+    default_tag = "0.1.0-cpu" if d["imageFlavour"] == "cpu" else "0.1.0"  # images/build.py's tags
+    assert settings.image == f"{d['stageImage']['repository']}:{d['stageImage']['tag'] or default_tag}"
+    assert settings.serving_image == f"{d['servingImage']['repository']}:{d['servingImage']['tag'] or default_tag}"
     assert settings.image_pull_policy == (d["imagePullPolicy"] or None)
     assert settings.run_as_user == d["runAsUser"]
     assert settings.workers == values["operator"]["workers"]

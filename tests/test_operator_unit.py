@@ -853,3 +853,13 @@ def test_plan_says_when_a_stage_pod_cannot_be_scheduled():
     assert [e for e in p.events if e[1] == "Unschedulable"]
     again = plan({**body, "status": p.status}, ch, SETTINGS, NOW)
     assert not [e for e in again.events if e[1] == "Unschedulable"]  # once, not every reconcile
+
+
+def test_plan_replicas_zero_is_complete_but_not_ready():
+    """serving.replicas 0: the Deployment exists and is rolled out, but no pod answers: never Ready."""
+    body = efr({"serving": {"replicas": 0}})
+    p = plan(body, _serving_children(body, _dep_summary(body, ready=0)), SETTINGS, NOW)
+    ready = cond(p.status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ScaledToZero"
+    assert p.status["phase"] == "Succeeded" and "serving.replicas 0" in p.status["message"]
+    assert cond(p.status, "Succeeded")["status"] == "True"

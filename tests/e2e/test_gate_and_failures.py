@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,8 @@ def test_a_missing_corpus_fails_once_with_the_pods_message(real_cluster, eft_ope
     rc, name = real_cluster, "nocorpus"
     with namespace(rc) as ns:
         rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(
-            name, **{"corpus.path": "/workspace/no-such-folder", "scheduling.backoffLimit": 3}))
+            name, **{"corpus.path": "/workspace/no-such-folder", "scheduling.backoffLimit": 3,
+                     "workspace.retentionPolicy": "Delete"}))
         rc.kubectl("wait", "-n", ns, "--for=condition=Failed", f"embeddingfinetune/{name}", "--timeout=300s",
                    timeout=360)
         efr = rc.get("embeddingfinetune", name, "-n", ns)
@@ -103,3 +105,44 @@ def test_a_missing_corpus_fails_once_with_the_pods_message(real_cluster, eft_ope
         assert ingest["phase"] == "Failed" and "no-such-folder" in ingest["message"] and "\n" not in ingest["message"]
         warned = [e for e in events(rc, ns, name) if e["reason"] == "StageFailed"]
         assert warned and "no-such-folder" in warned[0]["message"]
+        # retentionPolicy Delete: the workspace claim goes with the resource
+        rc.kubectl("delete", "embeddingfinetune", name, "-n", ns, "--timeout=120s")
+        deadline = time.monotonic() + 120
+        while rc.kubectl("get", "pvc", f"{name}-workspace", "-n", ns, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the workspace claim outlived a retentionPolicy Delete resource"
+            time.sleep(1)
+
+
+def test_deleting_the_operator_and_the_train_pod_mid_run_loses_nothing(real_cluster, eft_operator):
+    """The operator pod dies while train runs: the run goes on, no Job is duplicated, nothing finished re-runs.
+    The train pod is deleted mid-run: it checkpoints on SIGTERM, the Job's retry resumes from the checkpoint."""
+    rc, name = real_cluster, "faults"
+    with namespace(rc) as ns:
+        rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(name))
+        deadline = time.monotonic() + 900
+        train_pod = None
+        while time.monotonic() < deadline:  # until the train pod is past its first steps
+            pods = rc.get("pods", "-n", ns, "-l", "eft.ai/stage=train")["items"]
+            running = [p for p in pods if p["status"].get("phase") == "Running"]
+            if running:
+                logs = rc.kubectl("logs", "-n", ns, running[0]["metadata"]["name"], check=False).stdout
+                if "steps over" in logs:
+                    train_pod = running[0]["metadata"]["name"]
+                    break
+            time.sleep(1)
+        assert train_pod, "the train pod never started training"
+        rc.kubectl("delete", "pod", "-n", eft_operator, "-l", "app.kubernetes.io/name=eft-operator", "--wait=false")
+        time.sleep(8)
+        rc.kubectl("delete", "pod", "-n", ns, train_pod, "--timeout=60s")
+        rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{name}", "--timeout=1200s",
+                   timeout=1260)
+        jobs = jobs_by_stage(rc, ns, name)
+        assert all(len(v) == 1 for v in jobs.values()), {k: [j["metadata"]["name"] for j in v] for k, v in jobs.items()}
+        for stage in ("ingest", "sdg", "prepare"):
+            st = jobs[stage][0]["status"]
+            assert st.get("succeeded") == 1 and not st.get("failed"), (stage, st)
+        train = jobs["train"][0]["status"]
+        assert train.get("succeeded") == 1 and train.get("failed") == 1, train
+        ws = rc.pvc_path(ns, f"{name}-workspace")
+        manifest = json.loads((ws / "train" / "manifest.json").read_text())
+        assert manifest["details"]["resumedFromStep"] >= 1, manifest["details"].get("resumedFromStep")

@@ -160,3 +160,19 @@ def test_a_training_change_reruns_from_train_and_rolls_out_without_a_failed_requ
     assert not failures, failures[:5]
     assert calls[0] > 20
     assert served_vs_local(rc, ns).min() > 0.999  # the Service answers with the new export
+
+
+def test_deleting_the_resource_keeps_the_workspace_under_retain(real_cluster, quickstart):
+    """retentionPolicy Retain (the default): the children go with the resource, the workspace claim stays."""
+    rc, ns = real_cluster, quickstart
+    ws = rc.pvc_path(ns, f"{NAME}-workspace")
+    rc.kubectl("delete", "embeddingfinetune", NAME, "-n", ns, "--timeout=120s")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        left = rc.get("jobs,deployments,services,configmaps", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME}")
+        if not left["items"]:
+            break
+        time.sleep(1)
+    assert not left["items"], [i["metadata"]["name"] for i in left["items"]]
+    assert rc.get("pvc", f"{NAME}-workspace", "-n", ns)["status"]["phase"] == "Bound"
+    assert (ws / "export" / "model-manifest.json").is_file()

@@ -174,9 +174,13 @@ def eft_operator(real_cluster, e2e_images):
     rc = real_cluster
     operator_image = e2e_images["operator"]
     repo, tag = operator_image.rsplit(":", 1)
+    # a rebuilt image keeps its tag: the image ID as a pod annotation rolls a release left from an earlier run
+    image_id = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", operator_image],
+                              capture_output=True, text=True).stdout.strip()[:16]
     rc.helm("upgrade", "--install", RELEASE, str(REPO / "helm" / "eft-operator"), "--namespace", OPERATOR_NAMESPACE,
             "--create-namespace", "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
             "--set", "defaults.imageFlavour=cpu", "--set", "operator.resyncSeconds=10",
+            "--set-string", f"podAnnotations.eft-test/image-id={image_id}",
             "--wait", "--timeout", "180s", timeout=240)
     yield OPERATOR_NAMESPACE
     if os.environ.get("EFT_KEEP_CLUSTER") != "1":

@@ -47,7 +47,7 @@ def quickstart(real_cluster, eft_operator):
         rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{NAME}", "--timeout=1800s",
                    timeout=1860)
         print(f"\nquickstart through the operator: Ready after {time.monotonic() - t0:.0f}s")
-        print(rc.kubectl("get", "eft,jobs,pods,deploy,svc", "-n", ns, "-o", "wide").stdout)
+        print(rc.kubectl("get", "eft,jobs,pods,deploy,svc", "-n", ns).stdout)
         yield ns
 
 

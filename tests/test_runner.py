@@ -118,7 +118,10 @@ def test_failed_stage_writes_termination_message(project):
     r = subprocess.run([sys.executable, "-m", "eft.cli", "stage", "sdg", "--spec", str(spec_path),
                         "--workspace", str(root / "nothing")], capture_output=True, text=True,
                        env={**os.environ, "EFT_TERMINATION_LOG": str(term)})
-    assert r.returncode == 1
+    # a missing upstream output: re-running unchanged cannot fix it, so the permanent exit code (no Job retry)
+    from eft.pipeline import EXIT_PERMANENT
+
+    assert r.returncode == EXIT_PERMANENT
     assert "needs the output of stage 'ingest'" in term.read_text()
     assert "Traceback" not in r.stderr
 
@@ -129,7 +132,7 @@ def test_eft_run_cli_prints_summary_table(project):
                         "--until", "sdg"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[1].split() == ["stage", "status", "seconds", "counts"] or "stage" in r.stdout
+    assert any(l.split() == ["stage", "status", "seconds", "counts"] for l in lines), r.stdout
     assert any(l.startswith("ingest") and " ran " in l for l in lines)
     assert any(l.startswith("sdg") and "questions=" in l for l in lines)
 

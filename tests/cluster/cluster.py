@@ -547,6 +547,35 @@ def teardown_host(state: dict) -> None:
         shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
+def host_snapshot() -> dict[str, list[str]]:
+    """What a cluster could leave on the host, for comparing before `up` and after `down`."""
+    def lines(*cmd: str) -> list[str]:
+        return sh(*cmd, check=False, quiet=True).stdout.splitlines() if shutil.which(cmd[0]) else []
+
+    chains = sorted({ln.split()[0] + " " + tool for tool in ("iptables-save", "ip6tables-save")
+                     for ln in lines(tool) if ln.startswith(":")})
+    rules = sorted(ln for tool in ("iptables-save", "ip6tables-save") for ln in lines(tool) if ln.startswith("-A"))
+    links = sorted(ln.split(":")[1].strip().split("@")[0] for ln in lines("ip", "-o", "link"))
+    mounts = sorted(ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines())
+    procs = sorted({(Path(f"/proc/{p.name}/comm").read_text().strip() if (p / "comm").exists() else "")
+                    for p in Path("/proc").iterdir() if p.name.isdigit()} & {
+        "etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kubelet", "kube-proxy", "containerd",
+        "containerd-shim", "pause"})
+    return {"iptables chains": chains, "iptables rules": rules, "links": links, "mounts": mounts,
+            "sysctls": [f"{k}={v}" for k, v in sorted(read_sysctls().items())],
+            "cgroups": [str(d) for d in _kubepods_dirs()], "processes": procs,
+            "folders": [str(p) for p in (RUN_DIR, HOSTPATH_PV_DIR) if p.exists()]}
+
+
+def snapshot_difference(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, dict]:
+    out = {}
+    for key in before.keys() | after.keys():
+        b, a = set(before.get(key, [])), set(after.get(key, []))
+        if a - b or b - a:
+            out[key] = {"left behind": sorted(a - b), "gone": sorted(b - a)}
+    return out
+
+
 # --------------------------------------------------------------------------- supervisor / CLI
 
 

@@ -60,9 +60,10 @@ def build_base(cache: Path) -> float:
     cache.mkdir(parents=True, exist_ok=True)
     tar = cache / f"debian-{SUITE}-python.tar"
     if not tar.is_file():
-        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, f"{tar}.tmp", MIRROR],
+        partial = cache / f"debian-{SUITE}-python.partial.tar"  # mmdebstrap picks the format by the suffix
+        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(partial), MIRROR],
                        check=True)
-        Path(f"{tar}.tmp").rename(tar)
+        partial.rename(tar)
     subprocess.run(["podman", "import", "--quiet", str(tar), BASE_TAG], check=True, stdout=subprocess.DEVNULL)
     return round(time.monotonic() - t0, 1)
 

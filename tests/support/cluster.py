@@ -142,7 +142,9 @@ def real_cluster(request, control_plane_binaries):
         _unavailable(request.config, "missing " + ", ".join(problems) + " (`make cluster-host` installs them)")
     state = cl.running_state()
     started = False
+    before = None
     if state is None:
+        before = cl.host_snapshot()
         proc = subprocess.run([sys.executable, str(CLUSTER_PY), "up"], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"could not start the real cluster:\n{proc.stderr[-4000:]}", pytrace=False)
@@ -151,6 +153,9 @@ def real_cluster(request, control_plane_binaries):
     yield RealCluster(state)
     if started and os.environ.get("EFT_KEEP_CLUSTER") != "1":
         subprocess.run([sys.executable, str(CLUSTER_PY), "down"], capture_output=True, text=True, timeout=600)
+        # `down` must leave the host as `up` found it (an error of the last test using the cluster otherwise)
+        left = cl.snapshot_difference(before, cl.host_snapshot())
+        assert not left, f"the real cluster's teardown changed the host: {json.dumps(left, indent=1)[:3000]}"
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +189,10 @@ def eft_operator(real_cluster, e2e_images):
             "--wait", "--timeout", "180s", timeout=240)
     yield OPERATOR_NAMESPACE
     if os.environ.get("EFT_KEEP_CLUSTER") != "1":
-        rc.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "120s", check=False)
+        rc.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "120s")
+        # Helm never deletes a chart's crds/: uninstalling the operator leaves every user's resources in place
+        assert rc.kubectl("get", "crd", "embeddingfinetunes.eft.ai", check=False).returncode == 0
+        assert rc.get("deployments", "-n", OPERATOR_NAMESPACE)["items"] == []
 
 
 @contextlib.contextmanager

@@ -44,7 +44,9 @@ RUN groupadd --gid 1000 eft \
  && python3 -m venv /opt/eft
 
 # Dependencies first (largest, least often changed layer), TensorRT next, eft itself last.
-# The pip cache is a build mount: warm rebuilds reuse wheels without keeping them in a layer.
+# The pip cache is a build mount: warm rebuilds reuse wheels without keeping them in a layer. /root/.cache/pip
+# is pip's default cache inside the build container (its user is root there), not a path of the build host;
+# hadolint's DL3042 accepts a cache mount only at that path.
 COPY images/requirements/${LOCK}.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps -r /tmp/requirements.txt \

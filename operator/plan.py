@@ -413,17 +413,8 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
             progressing = ("True", "Queued", message)
             queued = ("True", "WaitingForAdmission", message)
         elif e["phase"] == "Running":
-            stuck = next((p["unschedulable"] for p in children.pods.get(e["job"]) or []
-                          if p.get("unschedulable") and p.get("phase") == "Pending"), None)
-            if stuck:
-                # a GPU stage on a cluster without GPUs waits here forever: say so, with the scheduler's words
-                message = (f"stage {current}: its pod cannot be scheduled: {_trim(stuck)} (scheduling.stages."
-                           f"{current}.gpus / training.gpusPerNode / resources set what it asks for)")
-                progressing = ("True", "Unschedulable", message)
-            else:
-                message = f"stage {current} running (Job {e['job']}" + (
-                    f", attempt {e['attempts']})" if e.get("attempts", 1) > 1 else ")")
-                progressing = ("True", "StageRunning", message)
+            progressing = _running_stage(current, e, children.pods.get(e["job"]) or [])
+            message = progressing[2]
         elif blockers:
             message = "; ".join(blockers)
             progressing = ("False", "ChildConflict", message)
@@ -553,6 +544,17 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
                          "Ready": ready,
                      })
     return Plan(actions, status, transition_events(old, status), requeue)
+
+
+def _running_stage(stage: str, entry: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """The Progressing condition of a stage whose Job runs: running, or waiting for a node that fits."""
+    stuck = next((p["unschedulable"] for p in pods if p.get("unschedulable") and p.get("phase") == "Pending"), None)
+    if stuck:
+        # a GPU stage on a cluster without GPUs waits here forever: say so, with the scheduler's words
+        return ("True", "Unschedulable", f"stage {stage}: its pod cannot be scheduled: {_trim(stuck)} (scheduling."
+                f"stages.{stage}.gpus / training.gpusPerNode / resources set what it asks for)")
+    attempt = f", attempt {entry['attempts']})" if entry.get("attempts", 1) > 1 else ")"
+    return ("True", "StageRunning", f"stage {stage} running (Job {entry['job']}{attempt}")
 
 
 def _gate_message(r: EvaluateReport) -> str:

@@ -5,7 +5,6 @@ hold what the code each image runs imports; the full pip resolution of each lock
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 import shlex
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.support.modules import load_file_module
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
 REQ = IMAGES_DIR / "requirements"
@@ -31,24 +32,8 @@ OCI_LABELS = {"title": "text", "description": "text", "version": "text", "revisi
               "base.name": "text"}
 
 
-def _load_lock_module():
-    spec = importlib.util.spec_from_file_location("eft_images_lock", IMAGES_DIR / "lock.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lock = _load_lock_module()
-
-
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location("eft_images_build", IMAGES_DIR / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build_script = _load_build_script()
+lock = load_file_module("eft_images_lock", IMAGES_DIR / "lock.py")
+build_script = load_file_module("eft_images_build", IMAGES_DIR / "build.py")
 
 
 def dockerfile(image: str) -> Path:

@@ -15,7 +15,6 @@ never pull (imagePullPolicy IfNotPresent). Prints a JSON summary with seconds an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(REPO))  # appended: the repository's operator/ must not shadow the stdlib's operator
+from tests.support.modules import load_file_module  # noqa: E402
 BASE_TAG = "localhost/eft-test/debian-python:bookworm"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -32,20 +33,12 @@ PACKAGES = "python3,python3-venv,ca-certificates"
 BUILDS = (("operator", "cpu"), ("stages", "cpu"), ("server", "cpu"))
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def image_build_module():
-    return _load("eft_images_build", REPO / "images" / "build.py")
+    return load_file_module("eft_images_build", REPO / "images" / "build.py")
 
 
 def cluster_module():
-    return _load("eft_test_cluster", HERE / "cluster.py")
+    return load_file_module("eft_test_cluster", HERE / "cluster.py")
 
 
 def have_image(tag: str) -> bool:

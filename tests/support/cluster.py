@@ -20,7 +20,6 @@ skips them with a banner; with ``CI=true`` they fail instead.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.controlplane import KubeTools, load_build_module, unavailable
+from tests.support.modules import load_file_module
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_PY = REPO / "tests" / "cluster" / "cluster.py"
 IMAGES_PY = REPO / "tests" / "cluster" / "images.py"
@@ -40,57 +42,26 @@ RELEASE = "eft"
 _MISSING_KEY = pytest.StashKey[str]()
 
 
-def _load(name: str, path: Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def cluster_module():
-    return _load("eft_test_cluster", CLUSTER_PY)
+    return load_file_module("eft_test_cluster", CLUSTER_PY)
 
 
 def images_module():
-    return _load("eft_test_cluster_images", IMAGES_PY)
+    return load_file_module("eft_test_cluster_images", IMAGES_PY)
 
 
-class RealCluster:
+class RealCluster(KubeTools):
     """kubectl / helm / API clients for the running cluster (state from tests/cluster/cluster.py)."""
 
-    def __init__(self, state: dict):
-        from tests.support.controlplane import load_build_module
+    kubectl_timeout = 180
+    helm_timeout = 300
 
+    def __init__(self, state: dict):
         self.kubeconfig = state["kubeconfig"]
         self.server = state["server"]
         self.node = state["node"]
-        self.bin_dir = load_build_module().bin_dir()
-        self.work = Path(self.kubeconfig).parent
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig)
-        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        for k in ("CACHE", "CONFIG", "DATA"):
-            env[f"HELM_{k}_HOME"] = str(self.work / "helm" / k.lower())
-        env.update(extra)
-        return env
-
-    def _run(self, tool: str, args, check: bool, input: str | None, timeout: float):
-        proc = subprocess.run([str(self.bin_dir / tool), *map(str, args)], env=self.env(), input=input, text=True,
-                              capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{tool} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
-
-    def kubectl(self, *args, check: bool = True, input: str | None = None, timeout: float = 120):
-        return self._run("kubectl", args, check, input, timeout)
-
-    def helm(self, *args, check: bool = True, timeout: float = 300):
-        return self._run("helm", args, check, None, timeout)
+        self.tool_dir = load_build_module().bin_dir()
+        self.workdir = Path(self.kubeconfig).parent
 
     def get(self, *args) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -116,11 +87,7 @@ class RealCluster:
 
 
 def _unavailable(config, reason: str):
-    reason = "real cluster unavailable: " + reason
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason + " (CI=true: the e2e tier must run)", pytrace=False)
-    config.stash[_MISSING_KEY] = reason
-    pytest.skip(reason)
+    unavailable(config, _MISSING_KEY, "real cluster", "e2e", reason)
 
 
 def pytest_configure(config):

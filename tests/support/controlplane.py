@@ -36,7 +36,6 @@ import atexit
 import base64
 import contextlib
 import ctypes
-import importlib.util
 import json
 import os
 import shutil
@@ -54,6 +53,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.modules import load_file_module
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_PY = REPO / "tests" / "controlplane" / "build.py"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -63,14 +64,7 @@ WORKDIR_PREFIX = "eft-controlplane-"
 
 def load_build_module():
     """tests/controlplane/build.py as a module (it lives in a folder that is no package)."""
-    name = "eft_controlplane_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BUILD_PY)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_module("eft_controlplane_build", BUILD_PY)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -261,7 +255,42 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
-class ControlPlane:
+class KubeTools:
+    """kubectl and helm against one cluster: its KUBECONFIG, the built binaries first on PATH, a helm home
+    of its own. Subclasses set ``kubeconfig``, ``tool_dir`` (the binaries) and ``workdir``."""
+
+    kubeconfig: str
+    tool_dir: Path
+    workdir: Path
+    kubectl_timeout: float = 60
+    helm_timeout: float = 120
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.kubeconfig
+        env["PATH"] = str(self.tool_dir) + os.pathsep + env.get("PATH", "")
+        env["HELM_CACHE_HOME"] = str(self.workdir / "helm" / "cache")
+        env["HELM_CONFIG_HOME"] = str(self.workdir / "helm" / "config")
+        env["HELM_DATA_HOME"] = str(self.workdir / "helm" / "data")
+        env.update(extra)
+        return env
+
+    def _tool(self, tool: str, args, check: bool, input: str | None, timeout: float | None):
+        proc = subprocess.run([str(self.tool_dir / tool), *map(str, args)], env=self.env(), input=input, text=True,
+                              capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise ControlPlaneError(f"{tool} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def kubectl(self, *args, check: bool = True, input: str | None = None, timeout: float | None = None):
+        return self._tool("kubectl", args, check, input, timeout or self.kubectl_timeout)
+
+    def helm(self, *args, check: bool = True, input: str | None = None, timeout: float | None = None):
+        return self._tool("helm", args, check, input, timeout or self.helm_timeout)
+
+
+class ControlPlane(KubeTools):
     """etcd + kube-apiserver + kube-controller-manager as child processes."""
 
     def __init__(self, binaries: dict[str, str], workdir: Path | None = None, versions: dict | None = None, *,
@@ -271,6 +300,7 @@ class ControlPlane:
         """The defaults are the API-server-only tier; tests/cluster/cluster.py (a real node) passes the rest:
         an address pods can route to, kubelet credentials, and flags for a cluster with a kubelet."""
         self.binaries = dict(binaries)
+        self.tool_dir = Path(self.binaries["kube-apiserver"]).parent
         self.bind_address = bind_address
         self.extra_tokens = tuple(extra_tokens)
         self.client_certs = dict(client_certs or {})
@@ -469,32 +499,6 @@ class ControlPlane:
         cfg.api_key_prefix = {"authorization": "Bearer"}
         return client.ApiClient(cfg)
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """os.environ with KUBECONFIG pointing here and the control-plane binaries first on PATH."""
-        env = dict(os.environ)
-        env["KUBECONFIG"] = self.kubeconfig
-        bindir = str(Path(self.binaries["kube-apiserver"]).parent)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        env["HELM_CACHE_HOME"] = str(self.workdir / "helm" / "cache")
-        env["HELM_CONFIG_HOME"] = str(self.workdir / "helm" / "config")
-        env["HELM_DATA_HOME"] = str(self.workdir / "helm" / "data")
-        env.update(extra)
-        return env
-
-    def _tool(self, tool: str, args, check: bool, input: str | None, timeout: float):
-        proc = subprocess.run([self.binaries[tool], *map(str, args)], env=self.env(), input=input, text=True,
-                              capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise ControlPlaneError(f"{tool} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                                    f"{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def kubectl(self, *args, check: bool = True, input: str | None = None, timeout: float = 60):
-        return self._tool("kubectl", args, check, input, timeout)
-
-    def helm(self, *args, check: bool = True, input: str | None = None, timeout: float = 120):
-        return self._tool("helm", args, check, input, timeout)
-
     def service_account_token(self, namespace: str, name: str, create: bool = True,
                               audiences: list[str] | None = None, expiration_seconds: int = 3600) -> str:
         """A bound token for ServiceAccount namespace/name via the TokenRequest API."""
@@ -538,12 +542,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"control-plane logs kept in {kept}", yellow=True)
 
 
-def _unavailable(config, reason: str):
-    reason = ("Kubernetes control plane unavailable: " + reason)
+def unavailable(config, key, what: str, tier: str, reason: str):
+    """Skip, with a banner in the summary (stored under ``key``); under CI=true fail instead: a tier that
+    cannot start its cluster in CI is a failure, never a skip."""
+    reason = f"{what} unavailable: {reason}"
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason + " (CI=true: the kube tests must run)", pytrace=False)
-    config.stash[_MISSING_KEY] = reason
+        pytest.fail(f"{reason} (CI=true: the {tier} tests must run)", pytrace=False)
+    config.stash[key] = reason
     pytest.skip(reason)
+
+
+def _unavailable(config, reason: str):
+    unavailable(config, _MISSING_KEY, "Kubernetes control plane", "kube", reason)
 
 
 def get_binaries() -> dict[str, str] | None:

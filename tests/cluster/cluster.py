@@ -30,6 +30,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -328,21 +329,41 @@ def kill_shims() -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
-def remove_iptables_chains() -> None:
-    """Chains kube-proxy --cleanup leaves (and any CNI-* chain a killed pod left), IPv4 and IPv6."""
+def iptables_chains() -> list[str]:
+    """"tool table chain" of every KUBE-*/CNI-* chain now (podman's CNI keeps chains of its own)."""
+    out = []
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue
+        for table in ("filter", "nat", "mangle"):
+            for r in sh(tool, "-t", table, "-S", check=False, quiet=True).stdout.splitlines():
+                if r.startswith("-N ") and r.split()[1].startswith(("KUBE-", "CNI-")):
+                    out.append(f"{tool} {table} {r.split()[1]}")
+    return out
+
+
+def remove_iptables_chains(existing: list[str]) -> None:
+    """The KUBE-*/CNI-* chains this cluster made (not those in ``existing``, recorded at `up`), the rules
+    jumping to them, and rules for its pod network left in chains it shares (kube-proxy --cleanup leaves
+    some; a killed pod's CNI DEL never ran). IPv4 and IPv6."""
+    keep = set(existing)
     for tool in ("iptables", "ip6tables"):
         if shutil.which(tool) is None:
             continue
         for table in ("filter", "nat", "mangle"):
             rules = sh(tool, "-t", table, "-S", check=False, quiet=True).stdout.splitlines()
-            ours = [r for r in rules if r.startswith("-A ") and any(
-                f" -j {p}" in r or r.split()[1].startswith(p) for p in ("KUBE-", "CNI-"))]
-            for rule in ours:
-                sh(tool, "-t", table, *("-D " + rule[3:]).split(), check=False, quiet=True)
-            chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(("KUBE-", "CNI-"))]
-            for chain in chains:
+            mine = {r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(("KUBE-", "CNI-"))
+                    and f"{tool} {table} {r.split()[1]}" not in keep}
+            for rule in rules:
+                if not rule.startswith("-A "):
+                    continue
+                words = shlex.split(rule)
+                target = words[words.index("-j") + 1] if "-j" in words else ""
+                if target in mine or (words[1] not in mine and POD_CIDR.rsplit(".", 1)[0] + "." in rule):
+                    sh(tool, "-t", table, "-D", *words[1:], check=False, quiet=True)
+            for chain in mine:
                 sh(tool, "-t", table, "-F", chain, check=False, quiet=True)
-            for chain in chains:
+            for chain in mine:
                 sh(tool, "-t", table, "-X", chain, check=False, quiet=True)
 
 
@@ -419,7 +440,8 @@ class Cluster:
                                + " (run `make cluster-host` as root)")
         if HOSTPATH_PV_DIR.exists() and not (RUN_DIR / "hostpath-ours").exists():
             raise ClusterError(f"{HOSTPATH_PV_DIR} exists and is not this cluster's: refusing to reuse it")
-        state = {"sysctls": read_sysctls(), "started": time.time(), "supervisor": os.getpid()}
+        state = {"sysctls": read_sysctls(), "started": time.time(), "supervisor": os.getpid(),
+                 "iptablesChains": iptables_chains()}
         state["hostpathCreated"] = not HOSTPATH_PV_DIR.exists()
         STATE_FILE.write_text(json.dumps(state))
         (RUN_DIR / "hostpath-ours").touch()
@@ -529,7 +551,7 @@ def teardown_host(state: dict) -> None:
             sh("umount", "-l", target, check=False, quiet=True)
     for ns in Path("/run/netns").glob("cni-*") if Path("/run/netns").is_dir() else []:
         sh("ip", "netns", "delete", ns.name, check=False, quiet=True)
-    remove_iptables_chains()
+    remove_iptables_chains(state.get("iptablesChains") or [])
     # veth ends of pods whose sandbox was killed (their network namespaces are gone with the processes)
     for line in sh("ip", "-o", "link", "show", "master", BRIDGE, check=False, quiet=True).stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
@@ -712,13 +734,15 @@ def load_images(names: list[str]) -> dict[str, float]:
             log(f"{name} is already on the node")
             continue
         t0 = time.monotonic()
-        tar = RUN_DIR / "image-import.tar"
-        sh("podman", "save", "--quiet", "--format", "docker-archive", "-o", str(tar), name, timeout=1800)
-        try:
-            sh("ctr", "--address", str(CONTAINERD_SOCK), "--namespace", "k8s.io", "images", "import",
-               str(tar), timeout=1800)
-        finally:
-            tar.unlink(missing_ok=True)
+        # streamed: a temporary archive would take as much disk as the image (8.9 GB for the stage image)
+        # and could push the node into disk pressure
+        save = subprocess.Popen(["podman", "save", "--quiet", "--format", "docker-archive", name],
+                                stdout=subprocess.PIPE)
+        imp = subprocess.run(["ctr", "--address", str(CONTAINERD_SOCK), "--namespace", "k8s.io", "images",
+                              "import", "-"], stdin=save.stdout, capture_output=True, text=True, timeout=1800)
+        save.stdout.close()
+        if save.wait(timeout=60) != 0 or imp.returncode != 0:
+            raise ClusterError(f"loading {name} into the node failed: {imp.stderr.strip()[-1000:]}")
         seconds[name] = round(time.monotonic() - t0, 1)
         loaded[name] = image_id
         record_file.write_text(json.dumps(loaded, indent=1))

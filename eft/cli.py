@@ -68,24 +68,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     from eft.pipeline import (EXIT_PERMANENT, EXIT_RETRYABLE, StageFailed, execute_stage, is_up_to_date,
                               write_termination_message)
+    from eft.settings import StageSettings
     from eft.workspace import Workspace
 
     efr = _load(args.spec)
+    settings = StageSettings.from_env()
     ws = Workspace(Path(args.workspace))
     ws.root.mkdir(parents=True, exist_ok=True)
+
+    def report(text: str) -> None:
+        write_termination_message(text, settings.termination_log)
+
     try:
         if not args.force and is_up_to_date(efr, ws, args.name):
             m = ws.manifest(args.name) or {}
             print(f"{args.name}: up to date, skipped")
-            write_termination_message(m.get("summary") or f"{args.name}: up to date")
+            report(m.get("summary") or f"{args.name}: up to date")
             return 0
-        manifest = execute_stage(efr, ws, args.name)
+        manifest = execute_stage(efr, ws, args.name, settings=settings)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
-        write_termination_message(str(exc))
+        report(str(exc))
         return EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT
     print(f"{args.name}: done in {manifest['seconds']:.1f}s {manifest['counts']}")
-    write_termination_message(manifest.get("summary") or f"{args.name}: succeeded")
+    report(manifest.get("summary") or f"{args.name}: succeeded")
     return 0
 
 
@@ -138,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(args.delegate, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.func(args)
+    from eft.settings import SettingsError
+
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,45 +14,21 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from eft.spec import STAGES, EmbeddingFinetune, section_hash
+from eft.fingerprint import workspace_fingerprint
+from eft.settings import StageSettings
+from eft.spec import STAGES, EmbeddingFinetune
+from eft.stage_defs import STAGE_DEFS
 from eft.workspace import MANIFEST, StageResult, Workspace, combined_digest, digest_tree, write_json_atomic
 
 log = logging.getLogger("eft")
 
 
-@dataclass(frozen=True)
-class StageDef:
-    name: str
-    upstream: tuple[str, ...]
-    # Spec sections (dotted snake_case) whose change makes this stage's output stale.
-    sections: tuple[str, ...]
-    gpu: bool = False
-
-    @property
-    def module(self) -> str:
-        return f"eft.stages.{self.name}"
-
-
-_PREFIX = ("base_model.name", "base_model.revision", "base_model.pooling", "base_model.max_seq_length")
-
-STAGE_DEFS: dict[str, StageDef] = {
-    d.name: d
-    for d in (
-        StageDef("ingest", (), ("corpus.path", "corpus.include", "corpus.exclude", "corpus.chunking", *_PREFIX)),
-        StageDef("sdg", ("ingest",), ("sdg", *_PREFIX)),
-        StageDef("prepare", ("ingest", "sdg"), ("split", "mining", "base_model"), gpu=True),
-        StageDef("train", ("prepare",), ("training", "mining.negatives", "base_model"), gpu=True),
-        StageDef("evaluate", ("prepare", "train"), ("evaluation", "base_model"), gpu=True),
-        StageDef("export", ("prepare", "train", "evaluate"), ("export", "base_model"), gpu=True),
-    )
-}
-assert tuple(STAGE_DEFS) == STAGES
 
 
 # Exit codes of `eft stage NAME`: the operator's Jobs fail at once on a permanent failure (their
@@ -88,6 +64,7 @@ class StageContext:
     out: Path
     work: Path
     progress: Callable[[str], None]
+    settings: StageSettings = field(default_factory=StageSettings.from_env)
 
     @property
     def spec(self):
@@ -124,19 +101,12 @@ def load_stage_module(name: str):
 
 
 def fingerprint(efr: EmbeddingFinetune, ws: Workspace, name: str) -> dict[str, Any]:
-    """What a stage's output depends on: its spec sections, its upstream outputs, its external inputs."""
-    d = STAGE_DEFS[name]
-    from eft import __version__
-
-    # The eft version is part of it: an upgrade may change what a stage writes.
-    fp: dict[str, Any] = {"spec": section_hash(efr.spec, d.sections), "eft": __version__, "upstream": {}}
-    for up in d.upstream:
+    """What a stage's output depends on here (eft.fingerprint.workspace_fingerprint)."""
+    upstream = {}
+    for up in STAGE_DEFS[name].upstream:
         m = ws.manifest(up)
-        fp["upstream"][up] = m.get("outputsDigest") if m else None
-    mod = load_stage_module(name)
-    if hasattr(mod, "input_fingerprint"):
-        fp["inputs"] = mod.input_fingerprint(efr.spec)
-    return fp
+        upstream[up] = m.get("outputsDigest") if m else None
+    return workspace_fingerprint(efr.spec, name, upstream, getattr(load_stage_module(name), "input_fingerprint", None))
 
 
 def is_up_to_date(efr: EmbeddingFinetune, ws: Workspace, name: str) -> bool:
@@ -163,9 +133,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def execute_stage(efr: EmbeddingFinetune, ws: Workspace, name: str, progress: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
-    """Run one stage now (no up-to-date check) and publish its output. Returns the manifest."""
+def execute_stage(efr: EmbeddingFinetune, ws: Workspace, name: str, progress: Callable[[str], None] | None = None,
+                  settings: StageSettings | None = None) -> dict[str, Any]:
+    """Run one stage now (no up-to-date check) and publish its output. Returns the manifest.
+
+    ``settings``: how this machine runs it (default: read from the environment)."""
     if name not in STAGE_DEFS:
         raise StageFailed(name, f"unknown stage; choose from {', '.join(STAGES)}")
     d = STAGE_DEFS[name]
@@ -175,7 +147,8 @@ def execute_stage(efr: EmbeddingFinetune, ws: Workspace, name: str, progress: Ca
     fp = fingerprint(efr, ws, name)
     mod = load_stage_module(name)
     tmp = ws.new_tmp_dir(name)
-    ctx = StageContext(efr, ws, name, tmp, ws.work_dir(name), progress or (lambda msg: log.info("[%s] %s", name, msg)))
+    ctx = StageContext(efr, ws, name, tmp, ws.work_dir(name), progress or (lambda msg: log.info("[%s] %s", name, msg)),
+                       settings or StageSettings.from_env())
     started, t0 = _now(), time.perf_counter()
     try:
         result: StageResult = mod.run(ctx)
@@ -228,9 +201,8 @@ def select_stages(start: str | None, until: str | None) -> list[str]:
     return list(STAGES[i : j + 1])
 
 
-def write_termination_message(text: str) -> None:
+def write_termination_message(text: str, path: str) -> None:
     """Kubernetes shows this file's content as the container's termination message (one line, < 4 KiB)."""
-    path = os.environ.get("EFT_TERMINATION_LOG", "/dev/termination-log")
     p = Path(path)
     if not p.parent.is_dir() or (not p.exists() and path == "/dev/termination-log"):
         return

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from eft.settings import StageSettings
 from eft.pipeline import StageFailed, execute_stage, is_up_to_date, select_stages
 from eft.spec import EmbeddingFinetune, dump_manifest
 from eft.workspace import Workspace
@@ -43,7 +44,9 @@ def run_pipeline(
     until: str | None = None,
     force: bool = False,
     out: TextIO = sys.stderr,
+    settings: StageSettings | None = None,
 ) -> list[StageOutcome]:
+    settings = settings or StageSettings.from_env()
     ws = Workspace(workspace or default_workspace(efr))
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.clean_stale_tmp()
@@ -61,7 +64,8 @@ def run_pipeline(
         print(f"{head}: running", file=out, flush=True)
         t0 = time.perf_counter()
         try:
-            manifest = execute_stage(efr, ws, name, progress=lambda msg, n=name: print(f"  {n}: {msg}", file=out, flush=True))
+            manifest = execute_stage(efr, ws, name, settings=settings,
+                                     progress=lambda msg, n=name: print(f"  {n}: {msg}", file=out, flush=True))
         except StageFailed as exc:
             outcomes.append(StageOutcome(name, "failed", time.perf_counter() - t0, {}, exc.message))
             outcomes.extend(StageOutcome(s, "not-run") for s in stages[i:])

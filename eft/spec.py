@@ -7,8 +7,6 @@ wire (YAML, the Kubernetes API) and snake_case in Python.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -501,27 +499,3 @@ def dump_manifest(efr: EmbeddingFinetune) -> dict[str, Any]:
     out = efr.model_dump(mode="json", by_alias=True, exclude_none=True)
     out.pop("status", None)
     return out
-
-
-def _without_secrets(value: Any) -> Any:
-    """Drop Secret references (``*_secret`` fields): a rotated credential changes no stage output, so it
-    must not make a stage out of date."""
-    if isinstance(value, dict):
-        return {k: _without_secrets(v) for k, v in value.items() if not k.endswith("_secret")}
-    if isinstance(value, list):
-        return [_without_secrets(v) for v in value]
-    return value
-
-
-def section_hash(spec: EmbeddingFinetuneSpec, sections: tuple[str, ...]) -> str:
-    """Stable hash of the named spec sections (dotted snake_case paths), for stage fingerprints."""
-    data: dict[str, Any] = {}
-    for sec in sections:
-        obj: Any = spec
-        for part in sec.split("."):
-            obj = getattr(obj, part)
-        data[sec] = _without_secrets(obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-

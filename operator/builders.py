@@ -8,7 +8,6 @@ reference to the EmbeddingFinetune (the workspace claim only under retentionPoli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
@@ -16,7 +15,9 @@ from typing import Any
 
 import yaml
 
-from eft.pipeline import EXIT_PERMANENT, STAGE_DEFS
+from eft.fingerprint import short_hash
+from eft.pipeline import EXIT_PERMANENT
+from eft.stage_defs import STAGE_DEFS
 from eft.spec import API_GROUP, API_VERSION, KIND, EmbeddingFinetuneSpec
 from eft.controller.settings import Settings
 
@@ -53,10 +54,6 @@ RENDEZVOUS_PORT = 29500
 # Job names leave room for "-<index>" (Indexed Job pod hostnames are DNS labels, <= 63).
 JOB_NAME_MAX = 56
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def short_hash(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def fit_name(base: str, suffix: str, limit: int = 63) -> str:

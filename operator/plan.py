@@ -5,7 +5,7 @@ child objects that exist right now (summaries from the operator's watch caches),
 that woke the operator up. Whatever crashed or restarted in between, calling ``plan`` again converges.
 
 Stage runs are identified by *fingerprints*: a stage's fingerprint hashes the spec sections that stage
-depends on (eft.pipeline.STAGE_DEFS) and its upstream stages' fingerprints (plus the retrain token on
+depends on (eft.stage_defs, hashed by eft.fingerprint) and its upstream stages' fingerprints (plus the retrain token on
 the stage a retrain starts from). The Job of a stage is named ``<name>-<stage>-<fingerprint>``, so
 
 * a finished stage is never re-run: its Job exists (or status remembers it) under the wanted name;
@@ -16,7 +16,6 @@ the stage a retrain starts from). The Job of a stage is named ``<name>-<stage>-<
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -25,50 +24,12 @@ from pydantic import ValidationError
 
 from eft.controller import builders as b
 from eft.controller.settings import Settings
-from eft.pipeline import STAGE_DEFS
-from eft.spec import STAGES, EmbeddingFinetuneSpec, describe_validation_error, section_hash
+from eft.fingerprint import job_fingerprints
+from eft.spec import STAGES, EmbeddingFinetuneSpec, describe_validation_error
 from eft.stage_reports import EvaluateReport, ExportReport
-
-# Spec fields the operator also treats as stage inputs (where in the cluster the corpus / model live).
-STAGE_EXTRA_SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("corpus.existing_claim", "corpus.config_map", "base_model.existing_claim"),
-}
 
 CONDITION_TYPES = ("Progressing", "Succeeded", "Failed", "QualityGatePassed", "Queued", "Ready")
 MESSAGE_MAX = 1024
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-def stage_fingerprints(spec: EmbeddingFinetuneSpec, retrain_token: str | None = None,
-                       retrain_from: str | None = None) -> dict[str, str]:
-    fps: dict[str, str] = {}
-    start = retrain_from if retrain_from in STAGES else STAGES[0]
-    for s in STAGES:
-        d = STAGE_DEFS[s]
-        payload: dict[str, Any] = {
-            "spec": section_hash(spec, d.sections + STAGE_EXTRA_SECTIONS.get(s, ())),
-            "upstream": {u: fps[u] for u in d.upstream},
-        }
-        if retrain_token and s == start:
-            payload["retrain"] = retrain_token
-        fps[s] = b.short_hash(json.dumps(payload, sort_keys=True), 8)
-    return fps
-
-
-def restart_stage(old: EmbeddingFinetuneSpec, new: EmbeddingFinetuneSpec) -> str | None:
-    """The earliest stage a spec change re-runs (None: no stage re-runs)."""
-    a, c = stage_fingerprints(old), stage_fingerprints(new)
-    return next((s for s in STAGES if a[s] != c[s]), None)
-
-
-def restart_table() -> list[tuple[str, str]]:
-    """(field, earliest stage re-run) for every spec section a stage depends on (for the docs)."""
-    rows: dict[str, str] = {}
-    for s in STAGES:
-        for sec in STAGE_DEFS[s].sections + STAGE_EXTRA_SECTIONS.get(s, ()):
-            rows.setdefault(sec, s)
-    return sorted(rows.items(), key=lambda kv: (STAGES.index(kv[1]), kv[0]))
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -322,7 +283,7 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
                                       resource_version=claim.get("resourceVersion")))
 
     # ---- stages
-    fps = stage_fingerprints(spec, annotations.get(b.RETRAIN_ANNOTATION),
+    fps = job_fingerprints(spec, annotations.get(b.RETRAIN_ANNOTATION),
                              annotations.get(b.RETRAIN_FROM_ANNOTATION))
     wanted = {s: b.job_name(name, s, fps[s]) for s in STAGES}
     jobs = [j for j in children.jobs if j.get("owner") == uid and j.get("uid") not in ignored_uids]

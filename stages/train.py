@@ -117,7 +117,7 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
 
     from eft import metrics
     from eft.models import load_sentence_model, pick_device
-    from eft.spec import section_hash
+    from eft.fingerprint import checkpoint_key
     from eft.workspace import sha256_file
     from eft.stages import training_loop as tl
     from eft.stages.compiled_forward import TrainForward, decide_compile
@@ -175,12 +175,8 @@ def _train(ctx: StageContext, opts: TrainOptions, scope: contextlib.ExitStack) -
     cfg = tl.LossConfig(scale=1.0 / tr.temperature, n_neg=n_neg, in_batch=tr.in_batch_negatives,
                         known_pairs=known_pairs, n_ids=n_ids)
 
-    fingerprint = json.dumps({
-        "spec": section_hash(spec, ("training", "mining.negatives", "base_model")),
-        "rows": sha256_file(train_path),
-        "world": info.world_size,
-        "maxRowsPerQuestion": tr.max_rows_per_question,
-    }, sort_keys=True)
+    fingerprint = checkpoint_key(spec, rows=sha256_file(train_path), world=info.world_size,
+                                 maxRowsPerQuestion=tr.max_rows_per_question)
     ckpt_path = ctx.work / "checkpoint.pt"
     best_path = ctx.work / "best.pt"
     ck = tl.load_checkpoint(ckpt_path)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.controlplane", "tests.support.cluster"]
+pytest_plugins = ["tests.support.controlplane", "tests.support.cluster", "tests.support.helm"]
 
 # Tests never reach a model hub: the bundled base model is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

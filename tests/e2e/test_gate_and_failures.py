@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,7 +20,7 @@ from tests.support.cluster import namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO  # noqa: E402
 
 
 def quickstart_with(name: str, **spec_changes) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,8 @@ from tests.support.cluster import namespace
 # images built and loaded (first test of a session), then the whole pipeline on two cores
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO  # noqa: E402
+
 NAME = "quickstart"
 TEXTS = ["How does a Deployment roll out a new ReplicaSet?", "PersistentVolumeClaim access modes",
          "what is a liveness probe for"]

@@ -32,8 +32,8 @@ import pytest
 
 from tests.support.controlplane import KubeTools, load_build_module, unavailable
 from tests.support.modules import load_file_module
+from tests.support.paths import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 CLUSTER_PY = REPO / "tests" / "cluster" / "cluster.py"
 IMAGES_PY = REPO / "tests" / "cluster" / "images.py"
 OPERATOR_NAMESPACE = "eft-system"

@@ -54,8 +54,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.modules import load_file_module
+from tests.support.paths import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 BUILD_PY = REPO / "tests" / "controlplane" / "build.py"
 SERVICE_CIDR = "10.96.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -1,0 +1,187 @@
+"""prepare: margin arithmetic, multi-positive questions, unrolling, split leakage, fewer-than-N negatives."""
+
+import json
+
+import numpy as np
+import pytest
+from eft.stages.mining import margin_threshold, mine
+from eft.stages.prepare import split_questions
+
+from eft.pipeline import execute_stage
+from eft.spec import parse_document
+from eft.workspace import Workspace
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_margin_threshold_with_positive_and_negative_scores():
+    assert margin_threshold(0.8, 0.95) == pytest.approx(0.76)
+    # A negative weakest-positive score moves the bound further down, never above the positive.
+    assert margin_threshold(-0.2, 0.95) == pytest.approx(-0.21)
+    assert margin_threshold(0.0, 0.95) == 0.0
+    assert margin_threshold(0.8, 1.0) == pytest.approx(0.8)
+
+
+def scores_to_embeddings(scores):
+    """Passages whose inner product with the query e0 equals the given scores."""
+    dim = len(scores) + 1
+    q = np.zeros(dim, dtype=np.float32)
+    q[0] = 1.0
+    ps = []
+    for i, s in enumerate(scores):
+        v = np.zeros(dim, dtype=np.float32)
+        v[0] = s
+        v[i + 1] = np.sqrt(max(0.0, 1 - s * s))
+        ps.append(v)
+    return q[None, :], np.stack(ps)
+
+
+def test_candidates_above_the_margin_are_dropped():
+    # positive 0.80 -> bound 0.76: 0.79 and 0.77 are likely unlabelled positives; 0.75, 0.5, 0.3 are safe.
+    q, p = scores_to_embeddings([0.80, 0.79, 0.77, 0.75, 0.5, 0.3, 0.1])
+    [m] = mine(q, p, [[0]], n_negatives=2, candidates=6, margin=0.95)
+    assert m.negatives == [3, 4]
+    assert m.filtered == 2
+    assert m.threshold == pytest.approx(0.76, abs=1e-5)
+
+
+def test_negative_scores_are_handled():
+    q, p = scores_to_embeddings([-0.20, -0.205, -0.25, -0.5, 0.9])
+    # bound = -0.21: -0.205 is too close to the positive; 0.9 (above the positive) is dropped too.
+    [m] = mine(q, p, [[0]], n_negatives=2, candidates=4, margin=0.95)
+    assert m.negatives == [2, 3]
+
+
+def test_multi_positive_uses_the_weakest_positive_and_excludes_all_positives():
+    q, p = scores_to_embeddings([0.9, 0.6, 0.88, 0.58, 0.56, 0.4, 0.2])
+    [m] = mine(q, p, [[0, 1]], n_negatives=2, candidates=5, margin=0.95)
+    # Weakest positive 0.6 -> bound 0.57: 0.88 (unlabelled look-alike) and 0.58 are dropped.
+    assert 0 not in m.negatives and 1 not in m.negatives
+    assert m.negatives == [4, 5]
+
+
+def test_search_widens_when_many_positives_push_the_bound_down():
+    scores = [0.9] * 30 + [0.2] + [0.85] * 30 + [0.15, 0.1, 0.05]
+    q, p = scores_to_embeddings(scores)
+    positives = [list(range(30)) + [30]]  # 31 positives, the weakest at 0.2 -> bound 0.19
+    [m] = mine(q, p, positives, n_negatives=3, candidates=10, margin=0.95)
+    assert m.widened and m.negatives == [61, 62, 63]
+
+
+def test_excluded_rows_never_become_negatives():
+    q, p = scores_to_embeddings([0.8, 0.5, 0.4, 0.3])
+    [m] = mine(q, p, [[0]], n_negatives=2, candidates=3, margin=0.95, excluded=[{1}])
+    assert m.negatives == [2, 3]
+
+
+def test_split_is_deterministic_and_disjoint():
+    qids = [f"q{i}" for i in range(200)]
+    a = split_questions(qids, 0.05, 0.1, 42)
+    b = split_questions(list(reversed(qids)), 0.05, 0.1, 42)
+    assert a == b
+    assert (len(a["test"]), len(a["dev"]), len(a["train"])) == (20, 10, 170)
+    assert not (set(a["test"]) & set(a["dev"])) and not (set(a["train"]) & set(a["test"]))
+    assert split_questions(qids, 0.05, 0.1, 7) != a
+
+
+# --- the stage on a tiny workspace ---------------------------------------------------------------
+
+TOPICS = ["zebra", "violin", "glacier", "copper", "saffron", "lantern", "orbit", "harbor", "quartz", "meadow",
+          "falcon", "canyon", "pepper", "anchor", "marble", "thunder", "cedar", "comet", "velvet", "tundra"]
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_upstream(ws, corpus, questions):
+    """Publish ingest and sdg outputs through the stage contract, as the real stages would."""
+    from eft.stage_defs import STAGE_DEFS  # noqa: F401
+    from eft.workspace import combined_digest, digest_tree, write_json_atomic
+
+    for stage, fname, rows in (("ingest", "corpus.jsonl", corpus), ("sdg", "questions.jsonl", questions)):
+        d = ws.stage_dir(stage)
+        write_jsonl(d / fname, rows)
+        outs = digest_tree(d)
+        write_json_atomic(d / "manifest.json", {"status": "succeeded", "outputsDigest": combined_digest(outs),
+                                                "fingerprint": {}, "counts": {}})
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    corpus = [{"_id": f"d{i}", "title": t.title(), "text": f"The {t} handbook explains how a {t} is kept safe."}
+              for i, t in enumerate(TOPICS)]
+    corpus.append({"_id": "dup-of-d0", "title": "Zebra", "text": corpus[0]["text"]})
+    questions = [{"_id": f"q{i}", "text": f"how do I keep a {t} safe", "hops": 1, "positives": [f"d{i}"]}
+                 for i, t in enumerate(TOPICS)]
+    questions.append({"_id": "multi", "text": "zebra and violin safety", "hops": 2, "positives": ["d0", "d1"]})
+    questions.append({"_id": "orphan", "text": "nothing", "hops": 1, "positives": ["not-in-corpus"]})
+    ws = Workspace(tmp_path / "ws")
+    fake_upstream(ws, corpus, questions)
+    return ws
+
+
+def run_prepare(ws, **spec):
+    efr = parse_document({"split": {"validation": 0.1, "test": 0.2, "seed": 1}, **spec})
+    execute_stage(efr, ws, "prepare")
+    d = ws.stage_dir("prepare")
+    rows = [json.loads(x) for x in (d / "train.jsonl").read_text().splitlines()]
+    return d, rows, json.loads((d / "stats.json").read_text())
+
+
+def read_qrels(path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == "query-id\tcorpus-id\tscore"
+    return [tuple(x.split("\t")) for x in lines[1:]]
+
+
+def test_prepare_stage_outputs(tiny):
+    d, rows, stats = run_prepare(tiny, mining={"negatives": 3, "candidates": 10})
+    assert stats["questionsWithoutPositiveInCorpus"] == 1
+    test_q = {q for q, _, _ in read_qrels(d / "beir" / "qrels" / "test.tsv")}
+    dev_q = {q for q, _, _ in read_qrels(d / "beir" / "qrels" / "dev.tsv")}
+    train_q = {r["qid"] for r in rows}
+    assert test_q and dev_q and train_q
+    assert not (test_q & train_q) and not (dev_q & train_q) and not (dev_q & test_q)  # no leakage
+    assert sum(stats["questions"].values()) == 21
+    for r in rows:
+        assert len(r["negatives"]) == 3
+        neg_ids = {n["_id"] for n in r["negatives"]}
+        assert r["positive"]["_id"] not in neg_ids
+        assert "dup-of-d0" not in neg_ids or r["positive"]["_id"] != "d0"
+        assert r["positive"]["text"] and all(n["text"] for n in r["negatives"])
+    queries = {json.loads(x)["_id"] for x in (d / "beir" / "queries.jsonl").read_text().splitlines()}
+    assert test_q | dev_q <= queries
+    corpus_ids = [json.loads(x)["_id"] for x in (d / "beir" / "corpus.jsonl").read_text().splitlines()]
+    assert len(corpus_ids) == 21
+
+
+def test_multi_hop_question_unrolls_into_rows_sharing_negatives(tiny):
+    qids = [f"q{i}" for i in range(len(TOPICS))] + ["multi"]
+    seed = next(s for s in range(100) if "multi" in split_questions(qids, 0.1, 0.2, s)["train"])
+    efr = parse_document({"split": {"validation": 0.1, "test": 0.2, "seed": seed},
+                          "mining": {"negatives": 3, "candidates": 10}})
+    execute_stage(efr, tiny, "prepare")
+    rows = [json.loads(x) for x in (tiny.stage_dir("prepare") / "train.jsonl").read_text().splitlines()]
+    multi = [r for r in rows if r["qid"] == "multi"]
+    assert sorted(r["positive"]["_id"] for r in multi) == ["d0", "d1"]
+    assert multi[0]["negatives"] == multi[1]["negatives"] and len(multi[0]["negatives"]) == 3
+    neg_ids = {n["_id"] for n in multi[0]["negatives"]}
+    assert not ({"d0", "d1", "dup-of-d0"} & neg_ids)  # neither positive nor the copy of one
+
+
+def test_fewer_than_n_negatives_policies(tiny):
+    # 21 passages, 30 wanted: nobody can have enough.
+    _, rows, stats = run_prepare(tiny, mining={"negatives": 30, "candidates": 30, "fewerThanNegatives": "keep"})
+    assert stats["questionsWithFewerNegatives"] == stats["questions"]["train"]
+    assert all(len(r["negatives"]) < 30 for r in rows)
+    _, padded_rows, padded = run_prepare(tiny, mining={"negatives": 30, "candidates": 30})
+    assert padded["questionsPadded"] == padded["questionsWithFewerNegatives"] > 0
+    from eft.pipeline import StageFailed
+
+    with pytest.raises(StageFailed, match="no training rows left"):
+        run_prepare(tiny, mining={"negatives": 30, "candidates": 30, "fewerThanNegatives": "drop"})

@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.model:
             model_dir = Path(a.model)
         else:
-            from eft.serving.testing import run_export
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/support
+            from tests.support.export_workspace import run_export
 
             ws = work / "ws"
             kubernetes_beir(ws / "prepare" / "beir")

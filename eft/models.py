@@ -38,11 +38,9 @@ def resolve_model_path(name: str) -> str:
 
 
 def pick_device(prefer: str | None = None) -> str:
+    """``prefer`` (a stage's ``ctx.settings.device``) when set, else cuda when present, else cpu."""
     if prefer:
         return prefer
-    env = os.environ.get("EFT_DEVICE")
-    if env:
-        return env
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

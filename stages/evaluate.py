@@ -217,7 +217,7 @@ def run(ctx: StageContext) -> StageResult:
 
     results: dict[str, dict[str, dict[str, float]]] = {s.name: {} for s in sets}
     for label, path in (("base", None), ("tuned", str(model_dir))):
-        model = load_sentence_model(bm, path=path)
+        model = load_sentence_model(bm, path=path, device=ctx.settings.device)
         per_set = evaluate_model(model, sets, k_values, bm.query_prefix, bm.passage_prefix, ctx.progress, label)
         for name, mm in per_set.items():
             results[name][label] = mm

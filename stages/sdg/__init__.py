@@ -16,7 +16,7 @@ def run(ctx: StageContext) -> StageResult:
     chunks = read_stage_jsonl(ctx.input("ingest") / "corpus.jsonl", "sdg")
     chunks = select_chunks(chunks, spec.max_chunks, spec.seed)
     ctx.progress(f"{len(chunks)} chunks, backend {spec.backend}")
-    model = load_sentence_model(ctx.spec.base_model)  # bundling (openai) and deduplication share it
+    model = load_sentence_model(ctx.spec.base_model, device=ctx.settings.device)  # bundling (openai) and deduplication share it
     if spec.backend == "offline":
         from eft.stages.sdg.offline import generate
 

@@ -1,6 +1,6 @@
 """The embedding server, end to end: real uvicorn on loopback, the real `openai` client, real ONNX Runtime.
 
-One export of the bundled model (eft.serving.testing.shared_export) serves every test; servers run in
+One export of the bundled model (tests.support.export_workspace.shared_export) serves every test; servers run in
 a thread of this process (sharing one loaded backend) except where the command line itself is tested.
 """
 
@@ -25,7 +25,8 @@ import pytest
 from eft.serving.app import ServerConfig, create_app
 from eft.serving.backends import Backend, OnnxBackend, TorchBackend, load_backend
 from eft.serving.manifest import ModelRefused
-from eft.serving.testing import ServerThread, shared_export
+from tests.support.export_workspace import shared_export
+from tests.support.server import ServerThread
 
 MODEL = "tiny-embed"
 TEXTS = [

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from eft.serving.app import ServerConfig, create_app
 from eft.serving.backends import load_backend
-from eft.serving.testing import ServerThread, shared_export
+from tests.support.export_workspace import shared_export
+from tests.support.server import ServerThread
 from eft.serving.token_ids import ENCODINGS, write_tiktoken_cache
 
 MODEL = "tiny-embed"

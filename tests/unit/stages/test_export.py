@@ -14,7 +14,7 @@ from eft.stages import export as export_stage
 from eft.pipeline import StageFailed
 from eft.serving.backends import load_backend
 from eft.serving.manifest import MODEL_MANIFEST
-from eft.serving.testing import fake_workspace, run_export, shared_export, tiny_beir
+from tests.support.export_workspace import fake_workspace, run_export, shared_export, tiny_beir
 from eft.stage_reports import ExportReport, model_digest
 from eft.workspace import sha256_file
 

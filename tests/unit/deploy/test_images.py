@@ -244,7 +244,7 @@ def test_build_context_has_every_copied_file(image, flavour):
 
 
 def test_build_context_leaves_out_the_rest():
-    for rel in (".venv/bin/python", ".git/HEAD", "eft-workspace/quickstart/spec.yaml", "tests/test_helm.py",
+    for rel in (".venv/bin/python", ".git/HEAD", "eft-workspace/quickstart/spec.yaml", "tests/unit/deploy/test_helm.py",
                 "helm/eft-operator/Chart.yaml", "examples/quickstart.yaml", "bench/x.py", "docs/README.md",
                 "eft/__pycache__/spec.cpython-312.pyc", "images/stages.Dockerfile", "model.safetensors",
                 "eft.egg-info/PKG-INFO", "stages/sdg/__pycache__/llm.cpython-312.pyc"):

@@ -11,21 +11,25 @@ of :class:`eft.spec.EmbeddingFinetuneSpec` turned into a *structural* OpenAPI v3
 * JSON-schema 2020 ``exclusiveMinimum: x`` -> OpenAPI 3.0 ``minimum: x, exclusiveMinimum: true``;
 * defaults: scalar defaults from the model, the model's whole default for every nested block (so a
   stored object shows every effective value), non-empty list defaults;
-* descriptions from the model, completed from :data:`DESCRIPTIONS` (``kubectl explain`` shows them);
-* cross-field checks of the model's validators as CEL rules (:data:`RULES`), immutable fields as
-  transition rules (``self == oldSelf``).
+* descriptions from the model (``Field(description=...)``, a block's docstring where no field describes it),
+  which ``kubectl explain`` shows and docs/reference.md prints;
+* CEL rules (x-kubernetes-validations) from the blocks' ``cel_rules`` (:class:`eft.spec.CelRule`): the
+  model validators' cross-field checks, and immutable fields as transition rules (``self == oldSelf``).
 """
 
 from __future__ import annotations
 
 import copy
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from eft.generated_file import generated_file_main
-from eft.spec import API_GROUP, API_VERSION, KIND, PLURAL, STAGES, EmbeddingFinetuneSpec
+from eft.spec import API_GROUP, API_VERSION, KIND, PLURAL, STAGES, EmbeddingFinetuneSpec, SpecModel
 
 SINGULAR = KIND.lower()
 SHORT_NAMES = ["eft"]
@@ -34,160 +38,40 @@ CRD_NAME = f"{PLURAL}.{API_GROUP}"
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "embeddingfinetune.yaml"
 
-# Descriptions for fields whose model Field() has none (wire paths below `spec`).
-DESCRIPTIONS: dict[str, str] = {
-    "": "Desired state: where the documents come from, how questions are generated, how the model is "
-        "trained, evaluated, exported and served, and where the stage pods run.",
-    "baseModel": "The embedding model to fine-tune. `name` and `existingClaim` are immutable.",
-    "baseModel.hfTokenSecret.name": "Name of a Secret in the resource's namespace.",
-    "corpus": "The domain documents. Changing path/include/exclude/chunking/existingClaim/configMap re-runs "
-              "every stage from ingest.",
-    "corpus.chunking": "How documents are split into passages (base-model tokens).",
-    "sdg": "Synthetic data generation: the questions the model is trained and evaluated on. A change re-runs "
-           "from sdg.",
-    "sdg.openai.temperature": "Sampling temperature of the question-writing model.",
-    "sdg.questionsPerChunk": "Questions generated per chunk (before the judge filters them).",
-    "sdg.seed": "Random seed (chunk sampling, multi-hop groups).",
-    "split": "How questions are split into train / validation / test. A change re-runs from prepare.",
-    "split.seed": "Random seed of the split.",
-    "mining": "Hard-negative mining. A change re-runs from prepare.",
-    "training": "Contrastive fine-tuning hyper-parameters. A change re-runs from train.",
-    "training.epochs": "Passes over the training pairs.",
-    "training.learningRate": "Peak learning rate (AdamW).",
-    "training.warmupRatio": "Fraction of steps with a linear learning-rate warm-up.",
-    "training.weightDecay": "AdamW weight decay.",
-    "training.gradientAccumulation": "Micro-batches accumulated per optimizer step.",
-    "training.gradientCheckpointing": "Trade compute for memory (recompute activations in the backward pass).",
-    "training.seed": "Random seed of training.",
-    "evaluation": "Retrieval evaluation of the base and the tuned model, and the quality gate. A change re-runs "
-                  "from evaluate.",
-    "evaluation.gate": "Quality gate: the tuned model is exported and served only when it passes (or override).",
-    "evaluation.datasets": "Extra human-labelled BEIR datasets to evaluate on.",
-    "evaluation.datasets.name": "Short name of the dataset (used in metric names).",
-    "evaluation.datasets.split": "Qrels split to evaluate (qrels/<split>.tsv).",
-    "export": "Export of the tuned model for serving. A change re-runs export.",
-    "export.onnx": "ONNX export (served by `eft serve`).",
-    "export.onnx.enabled": "Export ONNX files.",
-    "export.onnx.opset": "ONNX opset version.",
-    "export.tensorrt": "TensorRT engine build (needs a GPU node and TensorRT in the image).",
-    "export.tensorrt.enabled": "Build a TensorRT engine.",
-    "export.tensorrt.fp8": "Build with FP8 precision (Hopper or newer GPUs).",
-    "export.tensorrt.maxBatch": "Largest batch the engine accepts.",
-    "serving": "The inference Deployment + Service started after export when the quality gate passed. "
-               "Changes roll the Deployment; they never re-run stages.",
-    "serving.enabled": "Deploy the exported model (Deployment + Service).",
-    "serving.replicas": "Serving pods. More than one needs a ReadWriteMany workspace.",
-    "serving.port": "Container and Service port.",
-    "serving.backend": "Inference backend of `eft serve`.",
-    "serving.gpus": "nvidia.com/gpu per serving pod.",
-    "workspace": "The PersistentVolumeClaim shared by every stage pod (outputs, caches) and mounted read-only "
-                 "by the serving pods. Immutable except retentionPolicy.",
-    "workspace.size": "Requested storage of the created claim.",
-    "workspace.storageClassName": "StorageClass of the created claim; unset = the cluster's default.",
-    "workspace.accessModes": "Access modes of the created claim. ReadWriteMany lets serving run several "
-                             "replicas and training span nodes.",
-    "scheduling": "Where and how the stage pods run. Changes apply to Jobs created afterwards; they never "
-                  "re-run stages.",
-    "scheduling.nodeSelector": "Node labels every stage pod requires.",
-    "scheduling.tolerations": "Tolerations of every stage pod (Kubernetes Toleration objects).",
-    "scheduling.affinity": "Affinity of every stage pod (Kubernetes Affinity object).",
-    "scheduling.priorityClassName": "PriorityClass of the stage pods.",
-    "scheduling.serviceAccountName": "ServiceAccount the stage pods run as.",
-    "scheduling.imagePullSecrets": "Names of Secrets used to pull the images.",
-    "scheduling.backoffLimit": "Retries of a failed stage pod before the stage fails (Job backoffLimit).",
-    "scheduling.stages": "Per-stage image, resources and GPUs.",
-    "scheduling.stages.*": "Pod settings of this stage.",
-    "scheduling.stages.*.image": "Image of this stage; default: the operator's image.",
-    "scheduling.stages.*.backoffLimit": "Retries of this stage's pod; default: scheduling.backoffLimit.",
-    "scheduling.stages.*.activeDeadlineSeconds": "Fail the stage when it runs longer than this.",
-}
-
-# CEL rules (x-kubernetes-validations) by wire path below `spec`. Each mirrors a validator of the
-# pydantic model (the same message) or makes a field immutable (transition rule, uses oldSelf).
-RULES: dict[str, list[dict[str, Any]]] = {
-    "corpus": [{
-        "rule": "!has(self.existingClaim) || !has(self.configMap)",
-        "message": "set at most one of existingClaim and configMap",
-        "fieldPath": ".configMap",
-    }],
-    "corpus.chunking": [{
-        "rule": "self.overlapTokens < self.maxTokens",
-        "message": "overlapTokens must be smaller than maxTokens",
-        "fieldPath": ".overlapTokens",
-    }],
-    "sdg": [{
-        "rule": "self.backend != 'openai' || has(self.openai)",
-        "message": "backend 'openai' needs the sdg.openai block (at least baseURL and model)",
-        "fieldPath": ".openai",
-        "reason": "FieldValueRequired",
-    }],
-    "split": [{
-        "rule": "self.validation + self.test < 0.9",
-        "message": "validation + test leaves too little for training (must be < 0.9)",
-    }],
-    "mining": [{
-        "rule": "self.candidates >= self.negatives",
-        "message": "candidates must be >= negatives",
-        "fieldPath": ".candidates",
-    }],
-    "training.batchSize": [{
-        "rule": "type(self) == string ? self == 'auto' : self >= 2",
-        "message": "batchSize must be 'auto' or an integer >= 2",
-    }],
-    "evaluation": [{
-        "rule": "int(self.gate.metric.split('@')[1]) in self.k",
-        "message": "the gate metric's k (e.g. 10 in ndcg@10) must be one of evaluation.k",
-        "fieldPath": ".gate.metric",
-    }],
-    # Immutable after creation.
-    "baseModel": [{
-        "rule": "self.name == oldSelf.name",
-        "message": "baseModel.name is immutable: a different base model is a new fine-tune (create a new "
-                   "EmbeddingFinetune)",
-        "fieldPath": ".name",
-        "reason": "FieldValueForbidden",
-    }, {
-        "rule": "(has(self.existingClaim) ? self.existingClaim : '') == "
-                "(has(oldSelf.existingClaim) ? oldSelf.existingClaim : '')",
-        "message": "baseModel.existingClaim is immutable",
-        "fieldPath": ".existingClaim",
-        "reason": "FieldValueForbidden",
-    }],
-    "workspace": [{
-        "rule": "(has(self.existingClaim) ? self.existingClaim : '') == "
-                "(has(oldSelf.existingClaim) ? oldSelf.existingClaim : '')",
-        "message": "workspace.existingClaim is immutable",
-        "fieldPath": ".existingClaim",
-        "reason": "FieldValueForbidden",
-    }, {
-        "rule": "self.size == oldSelf.size",
-        "message": "workspace.size is immutable",
-        "fieldPath": ".size",
-        "reason": "FieldValueForbidden",
-    }, {
-        "rule": "(has(self.storageClassName) ? self.storageClassName : '') == "
-                "(has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')",
-        "message": "workspace.storageClassName is immutable",
-        "fieldPath": ".storageClassName",
-        "reason": "FieldValueForbidden",
-    }, {
-        "rule": "self.accessModes == oldSelf.accessModes",
-        "message": "workspace.accessModes is immutable",
-        "fieldPath": ".accessModes",
-        "reason": "FieldValueForbidden",
-    }],
-}
-
-# CRD-only bounds that keep the CEL rules' estimated cost inside the API server's budget.
+# CRD-only bounds that keep the CEL rules' estimated cost inside the API server's budget (evaluation.k's item
+# bounds also restate EvaluationSpec._valid_k).
 EXTRA_SCHEMA: dict[str, dict[str, Any]] = {
     "evaluation.k": {"maxItems": 64, "items": {"type": "integer", "minimum": 1, "maximum": 1000}},
     "evaluation.gate.metric": {"maxLength": 32},
     "workspace.accessModes": {"maxItems": 3},
 }
 
-# Fields that are immutable after creation (documented in operator/README.md; enforced by RULES).
-IMMUTABLE_FIELDS = ("baseModel.name", "baseModel.existingClaim", "workspace.size", "workspace.storageClassName",
-                    "workspace.accessModes", "workspace.existingClaim")
+
+def spec_blocks(model: type[SpecModel] = EmbeddingFinetuneSpec, path: str = ""
+                ) -> Iterator[tuple[str, type[SpecModel]]]:
+    """Every block of the spec model with its wire path below spec ('' is spec; `[]` marks list items, `.*` map
+    values)."""
+    yield path, model
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        yield from _blocks_in(info.annotation, f"{path}.{key}" if path else key)
+
+
+def _blocks_in(ann: Any, path: str) -> Iterator[tuple[str, type[SpecModel]]]:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if isinstance(ann, type) and issubclass(ann, SpecModel):
+        yield from spec_blocks(ann, path)
+    elif origin is list:
+        yield from _blocks_in(args[0], f"{path}[]")
+    elif origin is dict:
+        yield from _blocks_in(args[1], f"{path}.*")
+    elif origin in (typing.Union, types.UnionType):
+        for a in args:
+            yield from _blocks_in(a, path)
+
+
+# Fields that are immutable after creation (documented in operator/README.md), from the model's rules.
+IMMUTABLE_FIELDS = tuple(r.immutable for _, block in spec_blocks() for r in block.cel_rules if r.immutable)
 
 # metadata.name must be a DNS label (eft.spec.ObjectMeta): child names and labels are derived from it.
 METADATA_SCHEMA = {
@@ -214,115 +98,132 @@ def _is_null(node: dict[str, Any]) -> bool:
     return node.get("type") == "null"
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any, *,
-             has_default: bool) -> dict[str, Any]:
+def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any = None, *,
+             has_default: bool = False) -> dict[str, Any]:
     """One JSON-schema node -> one structural OpenAPI v3 node. `path` is the wire path below spec."""
-    node = _resolve(node, defs)
-    out: dict[str, Any] = {}
-    description = node.get("description")
-    nullable = False
-
-    if "anyOf" in node:
-        options = [_resolve(o, defs) for o in node["anyOf"]]
-        non_null = [o for o in options if not _is_null(o)]
-        nullable = len(non_null) < len(options)
-        types = sorted({o.get("type") for o in non_null})
-        if len(non_null) == 1:
-            merged = {k: v for k, v in node.items() if k != "anyOf"}
-            merged.update(non_null[0])
-            if description:
-                merged["description"] = description
-            node = merged
-        elif types == ["integer", "string"]:
-            # int | Literal['auto'] (or any int-or-string): the allowed values are a CEL rule.
-            node = {k: v for k, v in node.items() if k != "anyOf"}
-            node["type"] = "int-or-string"
-        else:
-            raise SchemaError(f"spec.{path}: cannot express anyOf {types} in a structural schema")
-
+    node, nullable = _flatten_any_of(_resolve(node, defs), defs, path)
     typ = node.get("type")
     if typ is None and "const" in node:
         typ = "string"
-    if description:
-        out["description"] = " ".join(description.split())
-
-    if typ == "int-or-string":
-        out["x-kubernetes-int-or-string"] = True
-        if node.get("default") is not None:
-            out["default"] = node["default"]
-    elif typ == "object":
-        out["type"] = "object"
-        props = node.get("properties")
-        addl = node.get("additionalProperties")
-        if props:
-            out["properties"] = {}
-            sub_defaults = default_value if isinstance(default_value, dict) else {}
-            required = set(node.get("required", []))
-            for key, sub in props.items():
-                sub_path = f"{path}.{key}" if path else key
-                out["properties"][key] = _convert(
-                    sub, defs, sub_path, sub_defaults.get(key), has_default=key in sub_defaults)
-            if required:
-                out["required"] = sorted(required)
-        elif "propertyNames" in node and isinstance(addl, dict):
-            # dict[Literal[...], Model]: a fixed set of keys -> explicit properties.
-            keys = node["propertyNames"].get("enum") or []
-            value_schema = _convert(addl, defs, f"{path}.*", None, has_default=False)
-            out["properties"] = {}
-            for key in keys:
-                v = copy.deepcopy(value_schema)
-                out["properties"][key] = v
-        elif isinstance(addl, dict) and addl:
-            out["additionalProperties"] = _convert(addl, defs, f"{path}.*", None, has_default=False)
-        else:
-            # dict[str, Any]: a Kubernetes type (resources, affinity, toleration, env var) kept as is.
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        if has_default and isinstance(default_value, dict) and default_value and props:
-            # The whole default block (not `{}`): the API server checks defaults against the CEL rules
-            # without defaulting them first.
-            out["default"] = copy.deepcopy(default_value)
-    elif typ == "array":
-        out["type"] = "array"
-        out["items"] = _convert(node.get("items", {}), defs, path, None, has_default=False)
-        for k_json, k_oa in (("minItems", "minItems"), ("maxItems", "maxItems")):
-            if k_json in node:
-                out[k_oa] = node[k_json]
-        if has_default and isinstance(default_value, list) and default_value:
-            out["default"] = copy.deepcopy(default_value)
-    elif typ in ("string", "integer", "number", "boolean"):
-        out["type"] = typ
-        if "const" in node:
-            out["enum"] = [node["const"]]
-        if "enum" in node:
-            out["enum"] = list(node["enum"])
-        for key in ("pattern", "minLength", "maxLength", "format"):
-            if key in node:
-                out[key] = node[key]
-        for key in ("minimum", "maximum"):
-            if key in node:
-                out[key] = node[key]
-        if "exclusiveMinimum" in node:
-            out["minimum"] = node["exclusiveMinimum"]
-            out["exclusiveMinimum"] = True
-        if "exclusiveMaximum" in node:
-            out["maximum"] = node["exclusiveMaximum"]
-            out["exclusiveMaximum"] = True
-        if "default" in node and node["default"] is not None:
-            out["default"] = node["default"]
-    elif typ is None and not node:
-        out["x-kubernetes-preserve-unknown-fields"] = True
-    else:
+    if typ is None and not node:
+        typ = "any"
+    if typ not in _CONVERTERS:
         raise SchemaError(f"spec.{path}: unsupported JSON-schema node {node}")
-
+    out: dict[str, Any] = {}
+    if node.get("description"):
+        out["description"] = " ".join(node["description"].split())
+    out.update(_CONVERTERS[typ](node, defs, path, default_value, has_default))
     if nullable:
         out["nullable"] = True
-    if path in EXTRA_SCHEMA and not path.endswith(".*"):
+    if path in EXTRA_SCHEMA:
         out.update(copy.deepcopy(EXTRA_SCHEMA[path]))
-    if "description" not in out and path in DESCRIPTIONS:
-        out["description"] = DESCRIPTIONS[path]
-    if path in RULES:
-        out["x-kubernetes-validations"] = copy.deepcopy(RULES[path])
+    if node.get("x-kubernetes-validations"):
+        # pydantic sorts a schema's keys; rule first reads better in the YAML
+        out["x-kubernetes-validations"] = [{k: r[k] for k in _RULE_KEYS if k in r}
+                                           for r in node["x-kubernetes-validations"]]
     return _ordered(out)
+
+
+_RULE_KEYS = ("rule", "message", "fieldPath", "reason")
+
+
+def _flatten_any_of(node: dict[str, Any], defs: dict[str, Any], path: str) -> tuple[dict[str, Any], bool]:
+    """`X | None` -> (X, nullable); an int-or-string union -> type 'int-or-string' (its values: a CEL rule)."""
+    if "anyOf" not in node:
+        return node, False
+    options = [_resolve(o, defs) for o in node["anyOf"]]
+    non_null = [o for o in options if not _is_null(o)]
+    nullable = len(non_null) < len(options)
+    types = sorted({o.get("type") for o in non_null})
+    outer = {k: v for k, v in node.items() if k != "anyOf"}
+    if len(non_null) == 1:
+        merged = {**outer, **non_null[0]}
+        # The field's own description and rules sit next to the anyOf; the block's come with X.
+        if outer.get("description"):
+            merged["description"] = outer["description"]
+        rules = outer.get("x-kubernetes-validations", []) + non_null[0].get("x-kubernetes-validations", [])
+        if rules:
+            merged["x-kubernetes-validations"] = rules
+        return merged, nullable
+    if types == ["integer", "string"]:
+        return {**outer, "type": "int-or-string"}, nullable
+    raise SchemaError(f"spec.{path}: cannot express anyOf {types} in a structural schema")
+
+
+def _int_or_string(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any,
+                   has_default: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+    if node.get("default") is not None:
+        out["default"] = node["default"]
+    return out
+
+
+def _object(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any,
+            has_default: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object"}
+    props, addl = node.get("properties"), node.get("additionalProperties")
+    if props:
+        sub_defaults = default_value if isinstance(default_value, dict) else {}
+        out["properties"] = {
+            key: _convert(sub, defs, f"{path}.{key}" if path else key, sub_defaults.get(key),
+                          has_default=key in sub_defaults)
+            for key, sub in props.items()}
+        if node.get("required"):
+            out["required"] = sorted(node["required"])
+        if has_default and sub_defaults:
+            # The whole default block (not `{}`): the API server checks defaults against the CEL rules
+            # without defaulting them first.
+            out["default"] = copy.deepcopy(sub_defaults)
+    elif "propertyNames" in node and isinstance(addl, dict):
+        # dict[Literal[...], Model]: a fixed set of keys -> explicit properties (kubectl explain shows each).
+        value_schema = _convert(addl, defs, f"{path}.*")
+        out["properties"] = {key: copy.deepcopy(value_schema) for key in node["propertyNames"].get("enum") or []}
+    elif isinstance(addl, dict) and addl:
+        out["additionalProperties"] = _convert(addl, defs, f"{path}.*")
+    else:
+        # dict[str, Any]: a Kubernetes type (resources, affinity, toleration, env var) kept as is.
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def _array(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any,
+           has_default: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "array", "items": _convert(node.get("items", {}), defs, f"{path}[]")}
+    for key in ("minItems", "maxItems"):
+        if key in node:
+            out[key] = node[key]
+    if has_default and isinstance(default_value, list) and default_value:
+        out["default"] = copy.deepcopy(default_value)
+    return out
+
+
+def _scalar(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any,
+            has_default: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": node.get("type", "string")}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    if "enum" in node:
+        out["enum"] = list(node["enum"])
+    for key in ("pattern", "minLength", "maxLength", "format", "minimum", "maximum"):
+        if key in node:
+            out[key] = node[key]
+    # JSON schema 2020's exclusive bounds are numbers; OpenAPI 3.0's are flags on minimum/maximum.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if exclusive in node:
+            out[bound] = node[exclusive]
+            out[exclusive] = True
+    if node.get("default") is not None:
+        out["default"] = node["default"]
+    return out
+
+
+def _any(node: dict[str, Any], defs: dict[str, Any], path: str, default_value: Any,
+         has_default: bool) -> dict[str, Any]:
+    return {"x-kubernetes-preserve-unknown-fields": True}
+
+
+_CONVERTERS = {"int-or-string": _int_or_string, "object": _object, "array": _array, "string": _scalar,
+               "integer": _scalar, "number": _scalar, "boolean": _scalar, "any": _any}
 
 
 _KEY_ORDER = ("description", "type", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
@@ -470,7 +371,7 @@ def build_crd() -> dict[str, Any]:
 
 
 HEADER = ("# GENERATED by `eft crd --write` from eft/spec.py (eft/crd.py). Do not edit by hand:\n"
-          "# tests/test_crd.py fails when this file is stale.\n")
+          "# tests/unit/eft/test_crd.py fails when this file is stale.\n")
 
 
 def render() -> str:

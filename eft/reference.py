@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -57,12 +58,21 @@ def _default(info) -> str:
     return "" if info.default is None else f"`{info.default}`"
 
 
+def description(info) -> str:
+    """The field's text as the CRD has it: its own description, else (a block) the block's docstring."""
+    text = info.description
+    block = _model_of(info.annotation)
+    if not text and block is not None and typing.get_origin(info.annotation) not in (list, dict):
+        text = inspect.cleandoc(block.__doc__ or "")
+    return " ".join((text or "").split())
+
+
 def rows(model: type[BaseModel], prefix: str = "spec") -> list[tuple[str, str, str, str]]:
     out = []
     for name, info in model.model_fields.items():
         wire = info.alias or name
         path = f"{prefix}.{wire}"
-        desc = " ".join((info.description or "").split()).replace("|", "\\|")
+        desc = description(info).replace("|", "\\|")
         out.append((path, _type_name(info.annotation), _default(info), desc))
         sub = _model_of(info.annotation)
         if sub is not None:

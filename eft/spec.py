@@ -8,8 +8,9 @@ wire (YAML, the Kubernetes API) and snake_case in Python.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +26,56 @@ STAGES: tuple[str, ...] = ("ingest", "sdg", "prepare", "train", "evaluate", "exp
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+@dataclass(frozen=True)
+class CelRule:
+    """One CEL rule (x-kubernetes-validations) of the CRD, declared on the block it checks.
+
+    A rule restates either a pydantic validator of its block (``mirrors``: the validator's name; same message,
+    so the API server rejects what the runner rejects) or immutability (``immutable``: the field's wire path
+    below spec; a transition rule on ``oldSelf``, which only a stored object has). ``field`` (snake_case) puts
+    the rule on that property's node instead of the block's. eft.crd reads the rules from the JSON schema.
+    """
+
+    rule: str
+    message: str
+    field_path: str | None = None
+    reason: str | None = None
+    mirrors: str | None = None
+    immutable: str | None = None
+    field: str | None = None
+
+    def crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path is not None:
+            out["fieldPath"] = self.field_path
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+def immutable(path: str, *, optional: bool = False, message: str | None = None) -> CelRule:
+    """The field at wire ``path`` keeps its creation value; ``optional``: unset reads as '' (so setting it later
+    is a change too, which a rule on the field itself would never see)."""
+    name = path.rsplit(".", 1)[-1]
+    if optional:
+        rule = f"(has(self.{name}) ? self.{name} : '') == (has(oldSelf.{name}) ? oldSelf.{name} : '')"
+    else:
+        rule = f"self.{name} == oldSelf.{name}"
+    return CelRule(rule, message or f"{path} is immutable", field_path=f".{name}", reason="FieldValueForbidden",
+                   immutable=path)
+
+
+def _cel_rules_schema(schema: dict[str, Any], cls: type) -> None:
+    """json_schema_extra of every block: its ``cel_rules`` as x-kubernetes-validations."""
+    for r in getattr(cls, "cel_rules", ()):
+        node = schema
+        if r.field is not None:
+            props = schema["properties"]
+            alias = cls.model_fields[r.field].alias
+            node = props[alias] if alias in props else props[r.field]
+        node.setdefault("x-kubernetes-validations", []).append(r.crd())
+
+
 class SpecModel(BaseModel):
     """Base for every spec block: camelCase aliases, unknown fields are errors."""
 
@@ -34,7 +85,10 @@ class SpecModel(BaseModel):
         extra="forbid",
         validate_default=True,
         frozen=False,
+        json_schema_extra=_cel_rules_schema,
     )
+    # The block's CEL rules: each next to the validator it mirrors.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
 
 class SecretKeyRef(SpecModel):
@@ -62,11 +116,20 @@ class BaseModelSpec(SpecModel):
         description="PVC holding the model (cluster only); `name` is then a path inside that claim.",
     )
 
+    cel_rules = (
+        immutable("baseModel.name", message="baseModel.name is immutable: a different base model is a new "
+                  "fine-tune (create a new EmbeddingFinetune)"),
+        immutable("baseModel.existingClaim", optional=True),
+    )
+
 
 class ChunkingSpec(SpecModel):
     max_tokens: int = Field(default=256, ge=16, le=8192, description="Maximum base-model tokens per chunk.")
     overlap_tokens: int = Field(default=32, ge=0, le=4096, description="Tokens shared by consecutive chunks.")
     min_tokens: int = Field(default=8, ge=1, le=1024, description="Chunks shorter than this are dropped.")
+
+    cel_rules = (CelRule("self.overlapTokens < self.maxTokens", "overlapTokens must be smaller than maxTokens",
+                         field_path=".overlapTokens", mirrors="_overlap_below_max"),)
 
     @model_validator(mode="after")
     def _overlap_below_max(self) -> ChunkingSpec:
@@ -100,7 +163,15 @@ class CorpusSpec(SpecModel):
         default=None,
         description="Secret whose keys become environment variables of the ingest pod (e.g. AWS_ACCESS_KEY_ID).",
     )
-    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+    chunking: ChunkingSpec = Field(
+        default_factory=ChunkingSpec,
+        description="How documents are cut into passages (chunks), counted in base-model tokens: the units "
+        "questions are written about and retrieval returns.",
+    )
+
+    cel_rules = (CelRule("!has(self.existingClaim) || !has(self.configMap)",
+                         "set at most one of existingClaim and configMap", field_path=".configMap",
+                         mirrors="_one_source"),)
 
     @model_validator(mode="after")
     def _one_source(self) -> CorpusSpec:
@@ -127,7 +198,11 @@ class OpenAISpec(SpecModel):
     requests_per_minute: int | None = Field(default=None, ge=1, description="Rate limit; unset = unlimited.")
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Per-request timeout.")
     max_retries: int = Field(default=5, ge=0, le=20, description="Retries per request (429, 5xx, timeouts, bad JSON).")
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0,
+        description="Sampling temperature of the calls that write questions: higher gives more varied wording, "
+        "lower sticks closer to the chunk's text. The judge calls always use 0.",
+    )
     json_mode: bool = Field(default=True, description="Ask for response_format=json_object.")
 
 
@@ -138,14 +213,27 @@ class SDGSpec(SpecModel):
         "pseudo-queries cut from the chunks themselves, no LLM; lower quality, lets the pipeline run anywhere.",
     )
     openai: OpenAISpec | None = Field(default=None, description="Required when backend is 'openai'.")
-    questions_per_chunk: int = Field(default=3, ge=1, le=20)
+    questions_per_chunk: int = Field(
+        default=3, ge=1, le=20,
+        description="Questions asked per chunk: with backend 'openai', per chunk of each bundle sent to the LLM "
+        "(the judge and the deduplication drop some afterwards); with 'offline', pseudo-queries cut per chunk. "
+        "More questions mean more training pairs and, with an LLM, more tokens billed.",
+    )
     max_hops: int = Field(default=3, ge=1, le=3, description="Questions use 1..maxHops chunks.")
     min_quality_score: float = Field(default=7, ge=1, le=10, description="Judge score (1-10) a pair needs to stay.")
     dedup_threshold: float = Field(
         default=0.9, gt=0.0, le=1.0, description="Questions at or above this cosine to a kept one are dropped."
     )
     max_chunks: int | None = Field(default=None, ge=1, description="Use at most this many chunks (cost cap).")
-    seed: int = 42
+    seed: int = Field(
+        default=42,
+        description="Random seed of the chunk sample (`maxChunks`), of the grouping of related chunks into "
+        "multi-hop bundles and of the offline generator's choices; change it to draw different questions.",
+    )
+
+    cel_rules = (CelRule("self.backend != 'openai' || has(self.openai)",
+                         "backend 'openai' needs the sdg.openai block (at least baseURL and model)",
+                         field_path=".openai", reason="FieldValueRequired", mirrors="_openai_needs_block"),)
 
     @model_validator(mode="after")
     def _openai_needs_block(self) -> SDGSpec:
@@ -157,7 +245,15 @@ class SDGSpec(SpecModel):
 class SplitSpec(SpecModel):
     validation: float = Field(default=0.05, ge=0.0, lt=1.0, description="Fraction of questions for validation.")
     test: float = Field(default=0.1, gt=0.0, lt=1.0, description="Fraction of questions for the test split.")
-    seed: int = 42
+    seed: int = Field(
+        default=42,
+        description="Random seed of the shuffle that assigns questions to the splits; it also draws the random "
+        "passages that pad missing hard negatives (mining.fewerThanNegatives 'pad-random').",
+    )
+
+    cel_rules = (CelRule("self.validation + self.test < 0.9",
+                         "validation + test leaves too little for training (must be < 0.9)",
+                         mirrors="_leaves_training"),)
 
     @model_validator(mode="after")
     def _leaves_training(self) -> SplitSpec:
@@ -183,6 +279,9 @@ class MiningSpec(SpecModel):
         description="Questions with fewer safe hard negatives: keep as is, pad with random passages, or drop.",
     )
 
+    cel_rules = (CelRule("self.candidates >= self.negatives", "candidates must be >= negatives",
+                         field_path=".candidates", mirrors="_enough_candidates"),)
+
     @model_validator(mode="after")
     def _enough_candidates(self) -> MiningSpec:
         if self.candidates < self.negatives:
@@ -191,21 +290,48 @@ class MiningSpec(SpecModel):
 
 
 class TrainingSpec(SpecModel):
-    epochs: int = Field(default=3, ge=1, le=100)
-    learning_rate: float = Field(default=1.0e-5, gt=0.0, le=1.0)
-    warmup_ratio: float = Field(default=0.05, ge=0.0, le=0.5)
-    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+    epochs: int = Field(
+        default=3, ge=1, le=100,
+        description="Passes over the training rows (fewer when maxSteps stops sooner). The model is validated on "
+        "the validation split before the first and after every epoch, and the best epoch by nDCG@10 is shipped "
+        "(the base weights when none beats them; the last epoch when the validation split is empty).",
+    )
+    learning_rate: float = Field(
+        default=1.0e-5, gt=0.0, le=1.0,
+        description="Peak learning rate of AdamW, reached at the end of the warm-up and decayed linearly to 0 by "
+        "the last step. Lower it when validation nDCG@10 falls below the base model's.",
+    )
+    warmup_ratio: float = Field(
+        default=0.05, ge=0.0, le=0.5,
+        description="Fraction of the optimizer steps over which the learning rate rises linearly to "
+        "`learningRate`; 0 starts at the peak.",
+    )
+    weight_decay: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="AdamW (decoupled) weight decay of the weight matrices; biases and normalization weights get "
+        "none.",
+    )
     temperature: float = Field(default=0.02, gt=0.0, le=1.0, description="Softmax temperature (logit scale 1/T).")
     negatives: int | None = Field(
         default=None, ge=0, le=64, description="Hard negatives per query in training; default: mining.negatives."
     )
     in_batch_negatives: bool = Field(default=True, description="Also contrast against other queries' passages.")
     batch_size: int | Literal["auto"] = Field(
-        default="auto", description="Queries per optimizer step per device, or 'auto': the largest power of two that "
-        "fits the GPU's free memory (32 on CPU), capped to leave at least 50 steps per epoch."
+        default="auto", description="Queries per batch per device (one optimizer step unless gradientAccumulation "
+        "says otherwise), or 'auto': the largest power of two that fits the GPU's free memory (32 on CPU), capped "
+        "to leave at least 50 steps per epoch."
     )
-    gradient_accumulation: int = Field(default=1, ge=1, le=1024)
-    gradient_checkpointing: bool = False
+    gradient_accumulation: int = Field(
+        default=1, ge=1, le=1024,
+        description="Batches whose gradients are summed into one optimizer step: a larger effective batch in the "
+        "same memory, with fewer steps per epoch. In-batch negatives still come from one batch only.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass instead of keeping them: less GPU memory per "
+        "query, so a larger batch fits (batchSize 'auto' probes with it on), for more compute per step. Models "
+        "without support train without it.",
+    )
     compile: Literal["auto", "always", "never"] = Field(
         default="auto", description="torch.compile the model for training steps. 'auto': on a GPU when the run "
         "has enough optimizer steps to repay the compile time (see the train stage's manifest); 'always'; "
@@ -217,9 +343,16 @@ class TrainingSpec(SpecModel):
         description="Use at most this many (question, positive) rows of one question per epoch, drawn anew each "
         "epoch; keeps questions with hundreds of positives from dominating training. Unset = all rows.",
     )
-    seed: int = 42
+    seed: int = Field(
+        default=42,
+        description="Random seed of training: batch composition and order, padding of missing negatives, dropout.",
+    )
     nodes: int = Field(default=1, ge=1, le=64, description="Pods for distributed training (cluster only).")
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per training pod (cluster only).")
+
+    cel_rules = (CelRule("type(self) == string ? self == 'auto' : self >= 2",
+                         "batchSize must be 'auto' or an integer >= 2", field="batch_size",
+                         mirrors="_positive_batch"),)
 
     @field_validator("batch_size")
     @classmethod
@@ -242,14 +375,25 @@ class GateSpec(SpecModel):
 
 
 class EvalDatasetSpec(SpecModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    # No docstring: kubectl explain would append it (the list's items) to evaluation.datasets' description.
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Short name of the dataset, unique among the datasets: its key in metrics.json and the "
+        "evaluation report ('test' and 'gate' are reserved).",
+    )
     path: str = Field(min_length=1, description="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")
-    split: str = Field(default="test", min_length=1)
+    split: str = Field(
+        default="test", min_length=1, description="Split of the judgements to evaluate: qrels/<split>.tsv in `path`."
+    )
 
 
 class EvaluationSpec(SpecModel):
     k: list[int] = Field(default_factory=lambda: [1, 5, 10, 100], min_length=1, description="Cut-offs.")
-    gate: GateSpec = Field(default_factory=GateSpec)
+    gate: GateSpec = Field(
+        default_factory=GateSpec,
+        description="Quality gate: the tuned model is exported and served only when it passes (or `override` is "
+        "set). It is measured on the first of `datasets` when there is one, else on the synthetic test split.",
+    )
     datasets: list[EvalDatasetSpec] = Field(
         default_factory=list, description="Extra human-labelled BEIR datasets to evaluate on."
     )
@@ -261,6 +405,10 @@ class EvaluationSpec(SpecModel):
             raise ValueError("every k must be between 1 and 1000")
         return sorted(set(v))
 
+    cel_rules = (CelRule("int(self.gate.metric.split('@')[1]) in self.k",
+                         "the gate metric's k (e.g. 10 in ndcg@10) must be one of evaluation.k",
+                         field_path=".gate.metric", mirrors="_gate_k_measured"),)
+
     @model_validator(mode="after")
     def _gate_k_measured(self) -> EvaluationSpec:
         k = int(self.gate.metric.split("@")[1])
@@ -270,8 +418,16 @@ class EvaluationSpec(SpecModel):
 
 
 class OnnxSpec(SpecModel):
-    enabled: bool = True
-    opset: int = Field(default=17, ge=17, le=23)
+    enabled: bool = Field(
+        default=True,
+        description="Export ONNX files. With false the export holds only its manifest, and the model can be "
+        "served only with serving.backend 'torch'.",
+    )
+    opset: int = Field(
+        default=17, ge=17, le=23,
+        description="ONNX opset of the exported graphs; raise it when the serving runtime or an operator of the "
+        "model needs a newer one.",
+    )
     int8: bool = Field(default=True, description="Also export an int8 dynamically quantized variant (CPU).")
     fp16: bool = Field(default=False, description="Also export an fp16 variant (GPU).")
     max_quality_loss: float = Field(
@@ -280,26 +436,68 @@ class OnnxSpec(SpecModel):
 
 
 class TensorRTSpec(SpecModel):
-    enabled: bool = False
-    fp8: bool = False
-    max_batch: int = Field(default=64, ge=1, le=4096)
+    enabled: bool = Field(
+        default=False,
+        description="Build the TensorRT engine (needs export.onnx.enabled). Skipped, with the reason in the model "
+        "manifest, when the stage image has no TensorRT or the export pod no GPU.",
+    )
+    fp8: bool = Field(
+        default=False,
+        description="Ask for FP8 precision (Hopper or newer GPUs). TensorRT uses FP8 only in graphs with FP8 "
+        "quantize/dequantize nodes, which eft's ONNX export does not produce: the engine is then built with "
+        "FP16/FP32 and its manifest entry says so.",
+    )
+    max_batch: int = Field(
+        default=64, ge=1, le=4096,
+        description="Largest batch the engine accepts (its optimisation profile is tuned for half of it); "
+        "sequences go up to baseModel.maxSeqLength tokens.",
+    )
 
 
 class ExportSpec(SpecModel):
-    onnx: OnnxSpec = Field(default_factory=OnnxSpec)
-    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+    onnx: OnnxSpec = Field(
+        default_factory=OnnxSpec,
+        description="ONNX export, served by `eft serve` (serving.backend 'onnx'): an fp32 graph checked against "
+        "PyTorch, and optional int8/fp16 variants checked for quality loss on the test split.",
+    )
+    tensorrt: TensorRTSpec = Field(
+        default_factory=TensorRTSpec,
+        description="TensorRT engine (tensorrt/model.plan in the export folder), built from the fp32 ONNX graph "
+        "and checked against it; for servers that run TensorRT engines (`eft serve` does not load it).",
+    )
 
 
 class ServingSpec(SpecModel):
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="Deploy the exported model (Deployment + Service) once every stage succeeded; false deletes "
+        "both and the resource ends Succeeded.",
+    )
     model_name: str | None = Field(default=None, description="Name served at /v1/models; default <name>-embed.")
-    replicas: int = Field(default=1, ge=0, le=100)
-    port: int = Field(default=8000, ge=1, le=65535)
-    backend: Literal["onnx", "torch"] = "onnx"
+    replicas: int = Field(
+        default=1, ge=0, le=100,
+        description="Serving pods (Deployment replicas). 0 keeps the Deployment without pods (condition Ready "
+        "False, reason ScaledToZero); more than 1 needs a ReadWriteMany workspace, else the resource is Blocked.",
+    )
+    port: int = Field(
+        default=8000, ge=1, le=65535,
+        description="Port of the serving container and of its Service (status.endpoint ends in it); a custom "
+        "image or command must listen on it.",
+    )
+    backend: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="Inference backend of `eft serve`: 'onnx' serves the export folder (see `variant`; needs "
+        "export.onnx.enabled), 'torch' the tuned sentence-transformers model in PyTorch. Unused when `image`, "
+        "`command` or `args` replace the default server.",
+    )
     variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
         default="auto", description="ONNX variant: auto = int8 on CPU, fp16 on GPU when exported, else fp32."
     )
-    gpus: int = Field(default=0, ge=0, le=16)
+    gpus: int = Field(
+        default=0, ge=0, le=16,
+        description="GPUs per serving pod, requested as the operator's GPU resource (nvidia.com/gpu unless the "
+        "chart's defaults.gpuResourceName says otherwise); 0 serves on CPU.",
+    )
     image: str | None = Field(default=None, description="Serving image; default from the operator's settings.")
     command: list[str] | None = Field(default=None, description="Replace the container command (e.g. NIM, TEI).")
     args: list[str] | None = Field(default=None, description="Replace the container args.")
@@ -309,50 +507,147 @@ class ServingSpec(SpecModel):
 
 
 class WorkspaceSpec(SpecModel):
-    size: str = Field(default="20Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-    storage_class_name: str | None = None
+    size: str = Field(
+        default="20Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="Requested storage of the created claim (a Kubernetes quantity): downloaded models, every "
+        "stage's outputs and checkpoints. Unused with `existingClaim`.",
+    )
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass of the created claim; unset = the cluster's default StorageClass."
+    )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1,
+        description="Access modes of the created claim (with `existingClaim`: the modes the operator takes that "
+        "claim to have). ReadWriteMany lets serving run several replicas and training span nodes "
+        "(training.nodes > 1); without it both are Blocked.",
     )
     existing_claim: str | None = Field(default=None, description="Use this PVC instead of creating one.")
     retention_policy: Literal["Retain", "Delete"] = Field(
         default="Retain", description="What happens to a created PVC when the resource is deleted."
     )
 
+    cel_rules = (
+        immutable("workspace.existingClaim", optional=True),
+        immutable("workspace.size"),
+        immutable("workspace.storageClassName", optional=True),
+        immutable("workspace.accessModes"),
+    )
+
 
 class StagePodSpec(SpecModel):
-    image: str | None = None
+    """Pod settings of this stage; what is unset here comes from scheduling and the operator's defaults."""
+
+    image: str | None = Field(
+        default=None, description="Image of this stage's pod; unset = the operator's stage image "
+        "(chart value defaults.stageImage).",
+    )
     resources: dict[str, Any] = Field(default_factory=dict, description="Container resources (Kubernetes).")
     gpus: int | None = Field(default=None, ge=0, le=16, description="nvidia.com/gpu for this stage.")
-    backoff_limit: int | None = Field(default=None, ge=0, le=20)
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    backoff_limit: int | None = Field(
+        default=None, ge=0, le=20,
+        description="Retries of this stage's pod before the stage fails; unset = scheduling.backoffLimit.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1,
+        description="Fail the stage when its Job runs longer than this many seconds, retries included (Job "
+        "activeDeadlineSeconds); unset = no limit.",
+    )
 
 
 class SchedulingSpec(SpecModel):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    affinity: dict[str, Any] = Field(default_factory=dict)
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
-    image_pull_secrets: list[str] = Field(default_factory=list)
-    backoff_limit: int = Field(default=2, ge=0, le=20)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels every stage pod requires; empty = the operator's default (chart value "
+        "defaults.nodeSelector). Serving pods do not use it.",
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations of every stage pod (Kubernetes Toleration objects); empty = the operator's "
+        "default (chart value defaults.tolerations). Serving pods do not use them.",
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Affinity of every stage pod (a Kubernetes Affinity object). Serving pods do not use it.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the stage and serving pods; unset = the cluster's default."
+    )
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount the stage pods run as; unset = the namespace's default."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of Secrets in the resource's namespace used to pull the stage and serving images.",
+    )
+    backoff_limit: int = Field(
+        default=2, ge=0, le=20,
+        description="Retries of a failed stage pod before the stage fails (Job backoffLimit; times training.nodes "
+        "for multi-node training). A pod failing on bad input fails the stage at once; evicted pods do not count.",
+    )
     stages: dict[Literal["ingest", "sdg", "prepare", "train", "evaluate", "export"], StagePodSpec] = Field(
         default_factory=dict, description="Per-stage image, resources and GPUs."
     )
 
 
 class EmbeddingFinetuneSpec(SpecModel):
-    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
-    corpus: CorpusSpec = Field(default_factory=CorpusSpec)
-    sdg: SDGSpec = Field(default_factory=SDGSpec)
-    split: SplitSpec = Field(default_factory=SplitSpec)
-    mining: MiningSpec = Field(default_factory=MiningSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    export: ExportSpec = Field(default_factory=ExportSpec)
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    workspace: WorkspaceSpec = Field(default_factory=WorkspaceSpec)
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    """Desired state: where the documents come from, how questions are generated, how the model is trained,
+    evaluated, exported and served, and where the stage pods run."""
+
+    base_model: BaseModelSpec = Field(
+        default_factory=BaseModelSpec,
+        description="The embedding model to fine-tune. `name` and `existingClaim` are immutable. Changing "
+        "`revision`, `pooling` or `maxSeqLength` re-runs every stage from ingest, `queryPrefix` or "
+        "`passagePrefix` from prepare; `hfTokenSecret` re-runs nothing.",
+    )
+    corpus: CorpusSpec = Field(
+        default_factory=CorpusSpec,
+        description="The domain documents. Changing path/include/exclude/chunking/existingClaim/configMap re-runs "
+        "every stage from ingest.",
+    )
+    sdg: SDGSpec = Field(
+        default_factory=SDGSpec,
+        description="Synthetic data generation: the questions the model is trained and evaluated on. A change "
+        "re-runs from sdg (openai.apiKeySecret excepted).",
+    )
+    split: SplitSpec = Field(
+        default_factory=SplitSpec,
+        description="How questions are split into train, validation (best-epoch choice) and test (the synthetic "
+        "evaluation set). A change re-runs from prepare.",
+    )
+    mining: MiningSpec = Field(
+        default_factory=MiningSpec,
+        description="Hard-negative mining: the base model's nearest passages that are not a question's positives "
+        "become the negatives it is contrasted with in training. A change re-runs from prepare.",
+    )
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Contrastive fine-tuning hyper-parameters. A change re-runs from train.",
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec,
+        description="Retrieval evaluation of the base and the tuned model, and the quality gate. A change re-runs "
+        "from evaluate.",
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec,
+        description="Export of the tuned model for serving, after a passed (or overridden) quality gate. A change "
+        "re-runs export.",
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec,
+        description="The inference Deployment + Service started after export when the quality gate passed "
+        "(cluster only). Changes roll the Deployment; they never re-run stages.",
+    )
+    workspace: WorkspaceSpec = Field(
+        default_factory=WorkspaceSpec,
+        description="The PersistentVolumeClaim shared by every stage pod (outputs, caches) and mounted read-only "
+        "by the serving pods (cluster only). Immutable except retentionPolicy.",
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Where and how the stage pods run (cluster only). Changes apply to Jobs created afterwards; "
+        "they never re-run stages.",
+    )
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue; set as a label on every Job.")
     suspend: bool = Field(default=False, description="Pause between stages.")
 

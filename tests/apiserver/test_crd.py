@@ -4,11 +4,13 @@ defaults, printer columns and kubectl explain."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from eft.spec import EmbeddingFinetuneSpec
 from tests.unit.eft.test_crd import INVALID, VALID, _merge
+from tests.unit.eft.test_reference import explain_path, reference_descriptions
 
 
 def _manifest(name, spec):
@@ -17,9 +19,13 @@ def _manifest(name, spec):
 
 @pytest.fixture(scope="module")
 def installed(control_plane):
+    from tests.support.kubelet import wait_for
     from tests.support.operator_harness import install_crd
 
     install_crd(control_plane)
+    # An established CRD reaches the OpenAPI document kubectl explain reads a moment later.
+    wait_for(lambda: control_plane.kubectl("explain", "eft", check=False).returncode == 0, timeout=30,
+             what="kubectl explain to know the EmbeddingFinetune")
     return control_plane
 
 
@@ -86,3 +92,30 @@ def test_kubectl_explain_is_useful(installed):
     assert "What happens to a created PVC" in out
     out = cp.kubectl("explain", "eft.status.conditions").stdout
     assert "QualityGatePassed" in out
+
+
+def _explained_description(out: str) -> str:
+    """The DESCRIPTION section of `kubectl explain` output, whitespace-normalised (it is wrapped and indented)."""
+    lines = out.splitlines()
+    start = lines.index("DESCRIPTION:") + 1
+    body = []
+    for line in lines[start:]:
+        if line and not line[0].isspace():
+            break  # the next section (FIELDS:, ENUM:, ...)
+        body.append(line)
+    return " ".join(" ".join(body).split())
+
+
+@pytest.mark.kube
+def test_kubectl_explain_prints_the_reference_text(installed):
+    """Every row of docs/reference.md: `kubectl explain eft.spec.<field>` shows the row's description."""
+    cp = installed
+    expected = reference_descriptions()
+
+    def explain(path):
+        return path, _explained_description(cp.kubectl("explain", explain_path(path)).stdout)
+
+    with ThreadPoolExecutor(4) as pool:
+        shown = dict(pool.map(explain, expected))
+    differ = [(p, expected[p], shown[p]) for p in expected if shown[p] != " ".join(expected[p].split())]
+    assert not differ, "\n".join(map(str, differ))

@@ -119,6 +119,59 @@ def test_cel_rules_mirror_the_model_validators():
     assert any("in self.k" in r for r in rules["spec.evaluation"])
     immut = [r for p in ("spec.workspace", "spec.baseModel") for r in rules[p] if "oldSelf" in r]
     assert len(immut) == len(crd.IMMUTABLE_FIELDS)
+    # the list operator/README.md documents
+    assert set(crd.IMMUTABLE_FIELDS) == {"baseModel.name", "baseModel.existingClaim", "workspace.size",
+                                         "workspace.storageClassName", "workspace.accessModes",
+                                         "workspace.existingClaim"}
+
+
+# Validators the CRD restates with schema bounds instead of a CEL rule.
+SCHEMA_BOUND_VALIDATORS = {("EvaluationSpec", "_valid_k")}
+
+
+def _validators(block) -> set[str]:
+    d = block.__pydantic_decorators__
+    return set(d.model_validators) | set(d.field_validators)
+
+
+def _spec_node(path):
+    node = _root()["properties"]["spec"]
+    for part in filter(None, path.replace("[]", ".[]").split(".")):
+        node = node["items"] if part == "[]" else node["properties"][part]
+    return node
+
+
+def test_every_model_validator_has_its_cel_rule_on_its_block():
+    """One CEL rule per pydantic validator (declared next to it in eft/spec.py), on the CRD node of its block."""
+    for path, block in crd.spec_blocks():
+        mirrored = [r.mirrors for r in block.cel_rules if r.mirrors]
+        assert len(mirrored) == len(set(mirrored)), (block.__name__, mirrored)
+        expected = {v for v in _validators(block) if (block.__name__, v) not in SCHEMA_BOUND_VALIDATORS}
+        assert set(mirrored) == expected, f"{block.__name__}: validators {expected}, CEL rules mirror {mirrored}"
+        for r in block.cel_rules:
+            assert bool(r.mirrors) != bool(r.immutable), r
+            if r.immutable:
+                assert "oldSelf" in r.rule and r.immutable == f"{path}{r.field_path}", r
+            if ".*" in path:
+                continue  # a map value's node is copied per key; none declares rules
+            node = _spec_node(path)
+            if r.field:
+                node = node["properties"][block.model_fields[r.field].alias]
+            assert r.crd() in node.get("x-kubernetes-validations", []), (path, r)
+    k = _spec_node("evaluation.k")["items"]
+    assert (k["minimum"], k["maximum"]) == (1, 1000)  # EvaluationSpec._valid_k
+
+
+def test_every_mirrored_rule_has_an_invalid_case():
+    """Each mirrored rule is exercised by an INVALID case that pydantic rejects too (below) and the real API
+    server rejects at the rule's field path (tests/apiserver/test_crd.py)."""
+    invalid_paths = {field for _, field, _ in INVALID}
+    for path, block in crd.spec_blocks():
+        for r in block.cel_rules:
+            if r.mirrors:
+                field = "." + block.model_fields[r.field].alias if r.field else ""
+                where = f"spec.{path}{field}{r.field_path or ''}"
+                assert where in invalid_paths, f"{block.__name__}.{r.mirrors}: add an INVALID case for {where}"
 
 
 # ----------------------------------------------------------------------------- on the API server

@@ -364,7 +364,7 @@ class TrainingSpec(SpecModel):
 
 class GateSpec(SpecModel):
     metric: str = Field(
-        default="ndcg@10",
+        default="ndcg@10", max_length=32,
         pattern=r"^(ndcg|recall|map|precision)@[0-9]+$",
         description="Metric the tuned model must not lose on, e.g. ndcg@10.",
     )
@@ -388,7 +388,7 @@ class EvalDatasetSpec(SpecModel):
 
 
 class EvaluationSpec(SpecModel):
-    k: list[int] = Field(default_factory=lambda: [1, 5, 10, 100], min_length=1, description="Cut-offs.")
+    k: list[int] = Field(default_factory=lambda: [1, 5, 10, 100], min_length=1, max_length=64, description="Cut-offs.")
     gate: GateSpec = Field(
         default_factory=GateSpec,
         description="Quality gate: the tuned model is exported and served only when it passes (or `override` is "
@@ -516,7 +516,7 @@ class WorkspaceSpec(SpecModel):
         default=None, description="StorageClass of the created claim; unset = the cluster's default StorageClass."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"], min_length=1,
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1, max_length=3,
         description="Access modes of the created claim (with `existingClaim`: the modes the operator takes that "
         "claim to have). ReadWriteMany lets serving run several replicas and training span nodes "
         "(training.nodes > 1); without it both are Blocked.",

@@ -147,3 +147,16 @@ def test_reference_doc_is_current():
     paths = [r[0] for r in rows(EmbeddingFinetuneSpec)]
     assert "spec.sdg.openai.baseURL" in paths and "spec.training.batchSize" in paths
     assert main(["--check"]) == 0, "docs/reference.md is stale: python -m eft.reference --write"
+
+
+@pytest.mark.parametrize("patch,field", [
+    ({"evaluation": {"k": list(range(1, 66))}}, "spec.evaluation.k"),
+    ({"evaluation": {"gate": {"metric": "ndcg@" + "1" * 40}}}, "spec.evaluation.gate.metric"),
+    ({"workspace": {"accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadWriteOnce"]}},
+     "spec.workspace.accessModes"),
+])
+def test_bounds_the_crd_needs_are_the_models_too(patch, field):
+    """`eft validate` refuses what the API server refuses: the size bounds come from the model's fields."""
+    with pytest.raises(SpecError) as ei:
+        parse_document({"spec": patch})
+    assert any(p.startswith(field) for p in ei.value.problems), ei.value.problems

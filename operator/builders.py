@@ -362,24 +362,14 @@ def is_multi_node(spec: EmbeddingFinetuneSpec, stage: str) -> bool:
     return stage == "train" and spec.training.nodes > 1
 
 
-def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str, fingerprint: str,
-                    settings: Settings, force: bool = False) -> dict[str, Any]:
-    """One stage's Job: `eft stage NAME --spec /etc/eft/spec.yaml --workspace /workspace`.
+def stage_labels(name: str, stage: str, fingerprint: str) -> dict[str, str]:
+    """Labels of a stage's pods (its Job's too, plus the Kueue queue)."""
+    return {**common_labels(name, "stage", stage), FINGERPRINT_LABEL: fingerprint}
 
-    Multi-node training (training.nodes > 1) is an Indexed Job whose pods find each other through a
-    headless Service (:func:`build_rendezvous_service`) and run the stage under torchrun.
-    """
-    name = efr["metadata"]["name"]
-    jname = job_name(name, stage, fingerprint)
-    labels = common_labels(name, "stage", stage)
-    labels[FINGERPRINT_LABEL] = fingerprint
-    job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[QUEUE_LABEL] = spec.queue_name
-    gpus = stage_gpus(spec, stage)
-    sp = spec.scheduling.stages.get(stage)
+
+def stage_container(spec: EmbeddingFinetuneSpec, stage: str, fingerprint: str, settings: Settings,
+                    mounts: list[dict[str, Any]], force: bool) -> dict[str, Any]:
     env, env_from = stage_env(spec, stage, fingerprint)
-    volumes, mounts = stage_volumes(efr, spec, stage)
     container: dict[str, Any] = {
         "name": "stage",
         "image": stage_image(spec, stage, settings),
@@ -394,58 +384,101 @@ def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
         container["imagePullPolicy"] = settings.image_pull_policy
     if env_from:
         container["envFrom"] = env_from
-    pod: dict[str, Any] = {
+    return container
+
+
+def stage_scheduling(spec: EmbeddingFinetuneSpec, settings: Settings) -> dict[str, Any]:
+    """The scheduling fields of a stage pod: spec.scheduling, else the operator's defaults."""
+    sch = spec.scheduling
+    out: dict[str, Any] = {}
+    node_selector = sch.node_selector or settings.default_node_selector
+    tolerations = sch.tolerations or settings.default_tolerations
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        out["tolerations"] = json.loads(json.dumps(tolerations))
+    if sch.affinity:
+        out["affinity"] = json.loads(json.dumps(sch.affinity))
+    if sch.priority_class_name:
+        out["priorityClassName"] = sch.priority_class_name
+    if sch.service_account_name:
+        out["serviceAccountName"] = sch.service_account_name
+    if sch.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s} for s in sch.image_pull_secrets]
+    return out
+
+
+def stage_pod(spec: EmbeddingFinetuneSpec, settings: Settings, container: dict[str, Any],
+              volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "restartPolicy": "Never",
         "securityContext": pod_security_context(settings),
         "containers": [container],
         "volumes": volumes,
+        **stage_scheduling(spec, settings),
     }
-    sch = spec.scheduling
-    node_selector = sch.node_selector or settings.default_node_selector
-    tolerations = sch.tolerations or settings.default_tolerations
-    if node_selector:
-        pod["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod["tolerations"] = json.loads(json.dumps(tolerations))
-    if sch.affinity:
-        pod["affinity"] = json.loads(json.dumps(sch.affinity))
-    if sch.priority_class_name:
-        pod["priorityClassName"] = sch.priority_class_name
-    if sch.service_account_name:
-        pod["serviceAccountName"] = sch.service_account_name
-    if sch.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in sch.image_pull_secrets]
+
+
+def stage_job_spec(spec: EmbeddingFinetuneSpec, stage: str, labels: dict[str, str],
+                   pod: dict[str, Any]) -> dict[str, Any]:
     job_spec: dict[str, Any] = {
         "backoffLimit": stage_backoff_limit(spec, stage),
         "podFailurePolicy": stage_pod_failure_policy(),
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
+    sp = spec.scheduling.stages.get(stage)
     if sp is not None and sp.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = sp.active_deadline_seconds
+    return job_spec
+
+
+def rendezvous_env(master: str, nodes: int, nproc: int) -> list[dict[str, Any]]:
+    """Where a training pod finds rank 0, and its own rank (the Indexed Job's completion index)."""
+    rank = {"fieldRef": {"fieldPath": f"metadata.annotations['{JOB_COMPLETION_INDEX_ANNOTATION}']"}}
+    return [
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+        {"name": "NNODES", "value": str(nodes)},
+        {"name": "NODE_RANK", "valueFrom": rank},
+        # torchrun reads its options from PET_* variables
+        {"name": "PET_NNODES", "value": str(nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(nproc)},
+        {"name": "PET_NODE_RANK", "valueFrom": rank},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+
+
+def distribute(job_spec: dict[str, Any], job: str, nodes: int, gpus: int, stage: str, force: bool) -> None:
+    """Turn a freshly built single-pod stage Job into an Indexed Job of ``nodes`` pods under torchrun."""
+    pod = job_spec["template"]["spec"]
+    container = pod["containers"][0]
+    svc = rendezvous_service_name(job)
+    job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
+    # A retry restarts the whole group: torchrun's static rendezvous needs every rank.
+    job_spec["backoffLimit"] = job_spec["backoffLimit"] * nodes
+    pod["subdomain"] = svc
+    container["env"] += rendezvous_env(f"{job}-0.{svc}", nodes, max(1, gpus))
+    container["command"] = ["torchrun", "--module", "eft.cli", *stage_command(stage, force)[1:]]
+    container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+
+
+def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str, fingerprint: str,
+                    settings: Settings, force: bool = False) -> dict[str, Any]:
+    """One stage's Job: `eft stage NAME --spec /etc/eft/spec.yaml --workspace /workspace`.
+
+    Multi-node training (training.nodes > 1) is an Indexed Job whose pods find each other through a
+    headless Service (:func:`build_rendezvous_service`) and run the stage under torchrun.
+    """
+    name = efr["metadata"]["name"]
+    jname = job_name(name, stage, fingerprint)
+    labels = stage_labels(name, stage, fingerprint)
+    volumes, mounts = stage_volumes(efr, spec, stage)
+    pod = stage_pod(spec, settings, stage_container(spec, stage, fingerprint, settings, mounts, force), volumes)
+    job_spec = stage_job_spec(spec, stage, labels, pod)
     if is_multi_node(spec, stage):
-        nodes = spec.training.nodes
-        svc = rendezvous_service_name(jname)
-        job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes})
-        # A retry restarts the whole group: torchrun's static rendezvous needs every rank.
-        job_spec["backoffLimit"] = job_spec["backoffLimit"] * nodes
-        pod["subdomain"] = svc
-        master = f"{jname}-0.{svc}"
-        nproc = str(max(1, gpus))
-        rank = {"fieldRef": {"fieldPath": f"metadata.annotations['{JOB_COMPLETION_INDEX_ANNOTATION}']"}}
-        container["env"] += [
-            {"name": "MASTER_ADDR", "value": master},
-            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-            {"name": "NNODES", "value": str(nodes)},
-            {"name": "NODE_RANK", "valueFrom": rank},
-            # torchrun reads its options from PET_* variables
-            {"name": "PET_NNODES", "value": str(nodes)},
-            {"name": "PET_NPROC_PER_NODE", "value": nproc},
-            {"name": "PET_NODE_RANK", "valueFrom": rank},
-            {"name": "PET_MASTER_ADDR", "value": master},
-            {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-        ]
-        container["command"] = ["torchrun", "--module", "eft.cli", *stage_command(stage, force)[1:]]
-        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+        distribute(job_spec, jname, spec.training.nodes, stage_gpus(spec, stage), stage, force)
+    job_labels = {**labels, QUEUE_LABEL: spec.queue_name} if spec.queue_name else dict(labels)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -17,9 +17,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from eft.controller import builders as b
+from eft.controller.actions import Action
+from eft.controller.children import Children, controller_uid
 from eft.controller.kube import Kube, KubeError
-from eft.controller.plan import Action, Children, Plan, iso, plan
+from eft.controller.plan import Plan, plan
 from eft.controller.settings import Settings
+from eft.controller.status import iso
 
 log = logging.getLogger("eft.operator")
 
@@ -320,10 +323,7 @@ class _Blocked(Exception):
 
 
 def _controller_uid(obj: dict[str, Any]) -> str | None:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return ref.get("uid")
-    return None
+    return controller_uid(obj.get("metadata") or {})
 
 
 def _newer(cache_rv: str | None, written_rv: str | None) -> bool:

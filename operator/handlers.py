@@ -23,7 +23,7 @@ import kopf
 
 from eft.controller import builders as b
 from eft.controller.controller import Controller
-from eft.controller.plan import summarize_deployment, summarize_job, summarize_object, summarize_pod
+from eft.controller.children import summarize_deployment, summarize_job, summarize_object, summarize_pod
 from eft.spec import API_GROUP, API_VERSION, PLURAL
 
 registry = kopf.OperatorRegistry()

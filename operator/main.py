@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from eft.controller.settings import Settings
 
@@ -26,12 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    namespaces = list(args.namespace)
-    if not namespaces and not args.all_namespaces and os.environ.get("EFT_NAMESPACES"):
-        namespaces = [n.strip() for n in os.environ["EFT_NAMESPACES"].split(",") if n.strip()]
+    """The environment's settings, with the flags given on the command line in their place."""
+    # -A: every namespace, whatever $EFT_NAMESPACES says; no -n: the environment's namespaces
+    namespaces = () if args.all_namespaces else (tuple(args.namespace) or None)
     return Settings.from_env(image=args.image, serving_image=args.serving_image,
                              image_pull_policy=args.image_pull_policy, resync_seconds=args.resync_seconds,
-                             workers=args.workers, namespaces=tuple([] if args.all_namespaces else namespaces))
+                             workers=args.workers, namespaces=namespaces)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ class Settings:
     workers: int = 4
     # How long a finished evaluate Job may wait for its pod's termination message to show up.
     metrics_grace_seconds: float = 60.0
-    # Namespaces to watch; empty = cluster-wide.
+    # Namespaces to watch ($EFT_NAMESPACES, comma-separated); empty = cluster-wide.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     # Scheduling defaults of stage pods where spec.scheduling leaves them empty (a GPU pool's labels
     # and taints, typically): $EFT_DEFAULT_NODE_SELECTOR and $EFT_DEFAULT_TOLERATIONS, JSON.
@@ -50,6 +50,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
+        """Every EFT_* variable the operator reads; an override that is not None wins (the CLI's flags)."""
         env = os.environ
         values = {
             "image": env.get("EFT_IMAGE") or DEFAULT_IMAGE,
@@ -63,9 +64,14 @@ class Settings:
             "default_tolerations": _json_env("EFT_DEFAULT_TOLERATIONS", list, []),
             "gpu_resource": env.get("EFT_GPU_RESOURCE") or "nvidia.com/gpu",
             "gpu_stage_resources": _json_env("EFT_GPU_STAGE_RESOURCES", dict, {}),
+            "namespaces": _names_env("EFT_NAMESPACES"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _names_env(name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (os.environ.get(name) or "").split(",") if n.strip())
 
 
 def _json_env(name: str, kind: type, default: Any) -> Any:

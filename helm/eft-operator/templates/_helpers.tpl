@@ -61,7 +61,7 @@ A stage or serving image: an explicit tag as given, else the appVersion with the
 {{- end -}}
 
 {{/*
-The operator's RBAC rules: exactly operator/rbac.py's cluster_role_rules() (tests/test_helm.py
+The operator's RBAC rules: exactly operator/rbac.py's cluster_role_rules() (tests/unit/deploy/test_helm.py
 compares them). Every resource is namespaced, so the same rules serve a ClusterRole (all namespaces)
 and a Role per watched namespace. No wildcards.
 */}}

@@ -7,11 +7,8 @@ import hashlib
 from datetime import datetime, timezone
 
 from eft.controller import builders as b
-from eft.controller.plan import (
-    Children,
-)
+from eft.controller.children import Children
 from eft.controller.settings import Settings
-
 from eft.fingerprint import job_fingerprints
 from eft.spec import STAGES, EmbeddingFinetuneSpec
 from eft.stage_reports import EvaluateReport, ExportReport
@@ -104,3 +101,28 @@ def kinds(p, verb=None):
 
 def cond(status, ctype):
     return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def serving_children(body, dep=None, svc=True):
+    """Every stage succeeded (the gate passed); the serving Service exists, and the Deployment ``dep``."""
+    ch = children_through(body, "export", messages={"evaluate": EVAL_OK})
+    if svc:
+        ch.services = [{"name": b.serving_name("demo"), "uid": "svc", "owner": UID, "owners": [],
+                        "component": "serving", "deleting": False,
+                        "hash": b.build_serving_service(body, parsed(body))["metadata"]["annotations"][
+                            b.HASH_ANNOTATION]}]
+    if dep is not None:
+        ch.deployments = [dep]
+    return ch
+
+
+def deployment_summary(body, ready: int, digest=None):
+    """The serving Deployment as built for ``body``, with ``ready`` replicas updated, ready and available."""
+    spec = parsed(body)
+    digest = digest or model_digest_of(body)
+    d = b.build_serving_deployment(body, spec, SETTINGS, digest)
+    return {"name": d["metadata"]["name"], "uid": "dep", "owner": UID, "hash": d["metadata"]["annotations"][
+        b.HASH_ANNOTATION], "digest": digest, "generation": 1, "observedGeneration": 1,
+        "replicas": spec.serving.replicas, "statusReplicas": spec.serving.replicas, "updated": ready,
+        "ready": ready, "available": ready, "deleting": False}
+

@@ -196,3 +196,32 @@ def test_serving_container_can_be_swapped():
                            "/v1/health/ready"}})
     c = b.serving_container(nim, parsed(nim), SETTINGS)
     assert c["command"] == ["/opt/nim/start.sh"] and "args" not in c
+
+
+def test_stage_scheduling_falls_back_to_the_operator_defaults():
+    from eft.controller.settings import Settings
+
+    defaults = Settings(image="x", default_node_selector={"pool": "gpu"},
+                        default_tolerations=[{"key": "gpu", "operator": "Exists"}])
+    open_spec = parsed(efr())
+    assert b.stage_scheduling(open_spec, defaults) == {"nodeSelector": {"pool": "gpu"},
+                                                       "tolerations": [{"key": "gpu", "operator": "Exists"}]}
+    assert b.stage_scheduling(open_spec, SETTINGS) == {}
+    own = parsed(efr({"scheduling": {"nodeSelector": {"pool": "mine"}, "tolerations": [{"key": "mine"}]}}))
+    assert b.stage_scheduling(own, defaults) == {"nodeSelector": {"pool": "mine"}, "tolerations": [{"key": "mine"}]}
+    pod = b.build_stage_job(efr(), open_spec, "train", "f", defaults)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"] is not defaults.default_tolerations
+
+
+def test_multi_node_retries_restart_the_whole_group():
+    body = efr({"training": {"nodes": 4, "gpusPerNode": 2},
+                "scheduling": {"backoffLimit": 2, "stages": {"train": {"activeDeadlineSeconds": 600}}}})
+    j = b.build_stage_job(body, parsed(body), "train", "abcd1234", SETTINGS, force=True)
+    assert j["spec"]["backoffLimit"] == 8 and j["spec"]["activeDeadlineSeconds"] == 600
+    c = j["spec"]["template"]["spec"]["containers"][0]
+    assert c["ports"] == [{"name": "rendezvous", "containerPort": b.RENDEZVOUS_PORT}]
+    assert c["command"][-1] == "--force" and c["command"][:2] == ["torchrun", "--module"]
+    env = b.rendezvous_env("demo-train-abcd1234-0.demo-train-abcd1234", 4, 2)
+    assert [e["name"] for e in env] == ["MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "PET_NNODES",
+                                        "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"]
+    assert c["env"][-len(env):] == env  # after the stage's own variables

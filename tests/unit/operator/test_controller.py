@@ -6,12 +6,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-from eft.controller import builders as b
-from eft.controller.plan import (
-    Children,
-    plan,
-)
 
+from eft.controller import builders as b
+from eft.controller.children import Children
+from eft.controller.plan import plan
 from eft.fingerprint import job_fingerprints
 from tests.unit.operator.factories import NOW, SETTINGS, efr, parsed
 

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from eft.controller import builders as b
-from eft.controller.plan import (
+from eft.controller.children import (
+    controller_uid,
     evaluate_report,
     export_digest,
+    live,
     summarize_deployment,
     summarize_job,
+    summarize_object,
     summarize_pod,
 )
-
 from eft.stage_reports import ExportReport
 from tests.unit.operator.factories import EVAL_BAD, EVAL_OK, EVAL_OVERRIDDEN, UID
 
@@ -50,3 +52,30 @@ def test_stage_reports_parse():
     digest = "sha256:" + "ab" * 32
     assert export_digest(ExportReport(model_digest=digest, variants=["fp32"]).line()) == digest
     assert export_digest("export: done") is None and export_digest('{"modelDigest": "abc"}') is None
+
+
+def test_summarize_object_and_ownership():
+    body = {"metadata": {"name": "demo-spec", "uid": "u", "resourceVersion": "9",
+                         "labels": {b.COMPONENT_LABEL: "spec"}, "annotations": {b.HASH_ANNOTATION: "h"},
+                         "ownerReferences": [{"uid": "other", "controller": False}, {"uid": UID, "controller": True}]}}
+    s = summarize_object(body)
+    assert s == {"name": "demo-spec", "uid": "u", "owner": UID, "owners": body["metadata"]["ownerReferences"],
+                 "hash": "h", "component": "spec", "resourceVersion": "9", "deleting": False}
+    assert controller_uid({"ownerReferences": [{"uid": "other"}]}) is None
+    assert summarize_object({"metadata": {"name": "x", "deletionTimestamp": "t"}})["deleting"] is True
+
+
+def test_pod_summary_prefers_the_stage_container_and_reports_unschedulable():
+    pb = {"metadata": {"name": "p", "labels": {"job-name": "j"}}, "status": {"phase": "Failed", "containerStatuses": [
+        {"name": "sidecar", "state": {"terminated": {"exitCode": 2, "message": "sidecar"}}},
+        {"name": "stage", "lastState": {"terminated": {"exitCode": 3, "message": "stage said"}}}]}}
+    s = summarize_pod(pb)
+    assert (s["job"], s["message"], s["exitCode"], s["unschedulable"]) == ("j", "stage said", 3, None)
+    pending = {"metadata": {"name": "p"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
+    assert summarize_pod(pending)["unschedulable"] == "unschedulable"
+
+
+def test_live_skips_objects_being_deleted():
+    going, new = {"name": "a", "deleting": True, "uid": 1}, {"name": "a", "deleting": False, "uid": 2}
+    assert live([going, new], "a") is new and live([going], "a") is None and live([new], "b") is None

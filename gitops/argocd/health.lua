@@ -1,4 +1,4 @@
--- Argo CD health check for eft.ai/EmbeddingFinetune (the operator's status: operator/plan.py).
+-- Argo CD health check for eft.ai/EmbeddingFinetune (the operator's status: operator/status.py, operator/conditions.py).
 --   Progressing  the operator has not observed the current spec yet (status.observedGeneration
 --                behind metadata.generation, or no status at all), a stage is queued or running,
 --                or the model is rolling out

@@ -3,7 +3,7 @@ CD runs it: the live object as the global table `obj`, the script's return value
 
 Argo CD uses gopher-lua (Lua 5.1) with only the safe standard libraries opened; the runtime here
 drops os, io, require, load* and friends before running the script, so a script relying on them fails.
-The example objects carry the status the operator writes (operator/plan.py's phases and conditions).
+The example objects carry the status the operator writes (operator/plan.py's phases, operator/conditions.py's conditions).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def efr(generation: int = 1, status: dict | None = None, suspend: bool | None = 
 
 
 def conditions(**states: tuple[str, str, str] | str) -> list[dict]:
-    """type -> (status, reason, message); every type of operator/plan.py, 'False' when not given."""
+    """type -> (status, reason, message); every type of operator/conditions.py, 'False' when not given."""
     from eft.controller.plan import CONDITION_TYPES
 
     out = []

@@ -49,8 +49,8 @@ class StageSettings:
     # Where Kubernetes reads a container's termination message ($EFT_TERMINATION_LOG).
     termination_log: str = "/dev/termination-log"
     # Caller options (no variable). stop_after_steps: the train stage raises after that many optimizer steps
-    # as if the process were killed (to test resuming). smoke_test: the export stage serves its model once
-    # over HTTP before it succeeds.
+    # as if the process were killed (to test resuming). smoke_test: the export stage's report (what `eft run`
+    # prints after the stages) serves the exported model once over HTTP.
     stop_after_steps: int | None = None
     smoke_test: bool = True
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,11 +63,11 @@ def encode(model, texts: list[str], progress, what: str) -> np.ndarray:
                         show_progress_bar=False).astype(np.float32)
 
 
-def build_index(emb: np.ndarray):
-    """Exact inner-product index; on the GPU when faiss has GPU support and a GPU is present."""
+def build_index(emb: np.ndarray, device: str | None = None):
+    """Exact inner-product index; on the GPU when faiss has GPU support and `device` (or the default) is cuda."""
     from eft.vector_index import flat_ip_index
 
-    index = flat_ip_index(emb.shape[1], gpu=pick_device() == "cuda")
+    index = flat_ip_index(emb.shape[1], gpu=pick_device(device) == "cuda")
     index.add(emb)
     return index
 
@@ -75,8 +77,49 @@ def run(ctx: StageContext) -> StageResult:
     corpus = read_stage_jsonl(ctx.input("ingest") / "corpus.jsonl", "prepare")
     questions = read_stage_jsonl(ctx.input("sdg") / "questions.jsonl", "prepare")
     row_of = {c["_id"]: i for i, c in enumerate(corpus)}
+    usable, unknown_positive = _usable_questions(questions, row_of)
+    by_id: dict[str, dict] = {}
+    for q in usable:
+        by_id.setdefault(q["_id"], q)  # duplicated ids: keep the first
+    splits = split_questions(list(by_id), spec.split.validation, spec.split.test, spec.split.seed)
+    ctx.progress(", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + " questions")
 
-    # Questions whose positives are not in the corpus cannot be trained or scored: drop and count them.
+    train_qs = [by_id[q] for q in splits["train"]]
+    p_emb, q_emb = _embed(ctx, corpus, train_qs)
+    positives_rows = [[row_of[p] for p in q["positives"]] for q in train_qs]
+    dup_rows = _duplicate_rows(corpus, row_of, train_qs)
+    ctx.progress(f"mining {spec.mining.negatives} negatives from {spec.mining.candidates} candidates, "
+                 f"margin {spec.mining.margin}")
+    mined = mine(q_emb, p_emb, positives_rows, spec.mining.negatives, spec.mining.candidates, spec.mining.margin,
+                 excluded=[set(d) for d in dup_rows], index=build_index(p_emb, ctx.settings.device))
+    policy = _NegativesPolicy(spec.mining.negatives, spec.mining.fewer_than_negatives, p_emb,
+                              random.Random(spec.split.seed))
+    rows = _training_rows(corpus, train_qs, positives_rows, dup_rows, mined, q_emb, policy)
+
+    n_rows = _write_jsonl(ctx.out / "train.jsonl", rows)
+    _write_beir(ctx.out / "beir", corpus, by_id, splits)
+    stats = {
+        "questions": {s: len(splits[s]) for s in SPLITS},
+        "questionsWithoutPositiveInCorpus": unknown_positive,
+        "trainRows": n_rows,
+        "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
+        **policy.stats(),
+        "margin": spec.mining.margin,
+    }
+    write_json_atomic(ctx.out / "stats.json", stats)
+    return StageResult(
+        counts={"train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(splits["test"]),
+                "rows": n_rows, "short": policy.short, "dropped": policy.dropped},
+        details=stats,
+        summary=f"{n_rows} training rows, {len(splits['test'])} test questions",
+    )
+
+
+def _usable_questions(questions: list[dict], row_of: dict[str, int]) -> tuple[list[dict], int]:
+    """Questions with text and a positive in the corpus (their positives deduplicated), and how many had none.
+
+    A question whose positives are not in the corpus cannot be trained or scored: it is dropped and counted.
+    """
     usable, unknown_positive = [], 0
     for q in questions:
         pos = [p for p in dict.fromkeys(q.get("positives") or []) if p in row_of]
@@ -87,56 +130,96 @@ def run(ctx: StageContext) -> StageResult:
     if len(usable) < 3:
         raise StageFailed("prepare", f"only {len(usable)} usable question(s) (of {len(questions)}; "
                           f"{unknown_positive} had no positive in the corpus): need at least 3 to split")
-    by_id = {}
-    for q in usable:
-        by_id.setdefault(q["_id"], q)  # duplicated ids: keep the first
-    splits = split_questions(list(by_id), spec.split.validation, spec.split.test, spec.split.seed)
-    ctx.progress(", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + " questions")
+    return usable, unknown_positive
 
-    model = load_sentence_model(spec.base_model)
-    passages = [spec.base_model.passage_prefix + passage_text(c) for c in corpus]
+
+def _embed(ctx: StageContext, corpus: list[dict], train_qs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every passage and the train questions, embedded by the base model with its prefixes."""
+    base = ctx.spec.base_model
+    model = load_sentence_model(base, device=ctx.settings.device)
+    passages = [base.passage_prefix + passage_text(c) for c in corpus]
     p_emb = encode(model, passages, ctx.progress, "passages")
-    train_qs = [by_id[q] for q in splits["train"]]
-    q_emb = encode(model, [spec.base_model.query_prefix + q["text"] for q in train_qs], ctx.progress, "train questions")
+    q_emb = encode(model, [base.query_prefix + q["text"] for q in train_qs], ctx.progress, "train questions")
+    return p_emb, q_emb
 
-    # Exact-text duplicates of a positive under another id are positives too, never negatives.
+
+def _duplicate_rows(corpus: list[dict], row_of: dict[str, int], train_qs: list[dict]) -> list[list[int]]:
+    """Per train question, every corpus row with the exact text of one of its positives (the positives included).
+
+    Exact-text duplicates of a positive under another id are positives too, never negatives.
+    """
     by_text: dict[str, list[int]] = {}
     for i, c in enumerate(corpus):
         by_text.setdefault(content_id(passage_text(c)), []).append(i)
-    dup_rows = [sorted({j for p in q["positives"] for j in by_text[content_id(passage_text(corpus[row_of[p]]))]})
-                for q in train_qs]
-    positives_rows = [[row_of[p] for p in q["positives"]] for q in train_qs]
-    ctx.progress(f"mining {spec.mining.negatives} negatives from {spec.mining.candidates} candidates, "
-                 f"margin {spec.mining.margin}")
-    mined = mine(q_emb, p_emb, positives_rows, spec.mining.negatives, spec.mining.candidates, spec.mining.margin,
-                 excluded=[set(d) for d in dup_rows], index=build_index(p_emb))
+    return [sorted({j for p in q["positives"] for j in by_text[content_id(passage_text(corpus[row_of[p]]))]})
+            for q in train_qs]
 
-    rng = random.Random(spec.split.seed)
-    policy = spec.mining.fewer_than_negatives
-    hist: Counter[int] = Counter()
-    short = padded = dropped = widened = filtered = 0
+
+@dataclass
+class _NegativesPolicy:
+    """mining.fewerThanNegatives applied to each question's mined negatives, with counts of what it did."""
+
+    wanted: int
+    rule: str  # keep, drop or pad-random
+    p_emb: np.ndarray
+    rng: random.Random
+    hist: Counter[int] = field(default_factory=Counter)
+    short: int = 0
+    padded: int = 0
+    dropped: int = 0
+    widened: int = 0
+    filtered: int = 0
+
+    def negatives(self, m: Any, q_vec: np.ndarray, banned: set[int]) -> list[int] | None:
+        """Negative rows for one question (`m`: its mining result), or None when the policy drops it.
+
+        `banned`: rows that can never be a negative (its positives and their duplicates)."""
+        negs = list(m.negatives)
+        self.hist[len(negs)] += 1
+        self.widened += m.widened
+        self.filtered += m.filtered
+        if len(negs) >= self.wanted:
+            return negs
+        self.short += 1
+        if self.rule == "drop":
+            self.dropped += 1
+            return None
+        if self.rule == "pad-random":
+            self._pad(negs, q_vec, m.threshold, banned | set(negs))
+            self.padded += 1
+        return negs
+
+    def _pad(self, negs: list[int], q_vec: np.ndarray, threshold: float, banned: set[int]) -> None:
+        # Random passages, still under the margin bound, so padding never adds a likely positive.
+        tries = 0
+        while len(negs) < self.wanted and tries < 50 * self.wanted:
+            tries += 1
+            cand = self.rng.randrange(len(self.p_emb))
+            if cand not in banned and float(self.p_emb[cand] @ q_vec) <= threshold:
+                negs.append(cand)
+                banned.add(cand)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "negativesPerQuestion": {str(k): v for k, v in sorted(self.hist.items())},
+            "questionsWithFewerNegatives": self.short,
+            "fewerThanNegativesPolicy": self.rule,
+            "questionsPadded": self.padded,
+            "questionsDropped": self.dropped,
+            "questionsSearchWidened": self.widened,
+            "candidatesFilteredByMargin": self.filtered,
+        }
+
+
+def _training_rows(corpus: list[dict], train_qs: list[dict], positives_rows: list[list[int]],
+                   dup_rows: list[list[int]], mined: list, q_emb: np.ndarray,
+                   policy: _NegativesPolicy) -> list[dict]:
+    """One row per train question x positive; a question's rows share its negatives."""
     rows = []
     for qi, (q, qpos, m) in enumerate(zip(train_qs, positives_rows, mined)):
-        negs = list(m.negatives)
-        hist[len(negs)] += 1
-        widened += m.widened
-        filtered += m.filtered
-        if len(negs) < spec.mining.negatives:
-            short += 1
-            if policy == "drop":
-                dropped += 1
-                continue
-            if policy == "pad-random":
-                # Random passages, still under the margin bound, so padding never adds a likely positive.
-                banned = set(qpos) | set(negs) | set(dup_rows[qi])
-                tries = 0
-                while len(negs) < spec.mining.negatives and tries < 50 * spec.mining.negatives:
-                    tries += 1
-                    cand = rng.randrange(len(corpus))
-                    if cand not in banned and float(p_emb[cand] @ q_emb[qi]) <= m.threshold:
-                        negs.append(cand)
-                        banned.add(cand)
-                padded += 1
+        negs = policy.negatives(m, q_emb[qi], set(qpos) | set(dup_rows[qi]))
+        if negs is None:
+            continue
         neg_rows = [{"_id": corpus[i]["_id"], "text": passage_text(corpus[i])} for i in negs]
         for p in qpos:
             rows.append({"qid": q["_id"], "query": q["text"], "hops": q.get("hops", len(qpos)),
@@ -145,9 +228,11 @@ def run(ctx: StageContext) -> StageResult:
     if not rows:
         raise StageFailed("prepare", "no training rows left after mining (mining.fewerThanNegatives: drop removed "
                           "every question); lower mining.negatives or use pad-random")
+    return rows
 
-    n_rows = _write_jsonl(ctx.out / "train.jsonl", rows)
-    beir = ctx.out / "beir"
+
+def _write_beir(beir: Path, corpus: list[dict], by_id: dict[str, dict], splits: dict[str, list[str]]) -> None:
+    """corpus.jsonl, queries.jsonl (every split, tagged) and qrels/{train,dev,test}.tsv."""
     beir.mkdir()
     _write_jsonl(beir / "corpus.jsonl", ({"_id": c["_id"], "title": c.get("title", ""), "text": c["text"]}
                                          for c in corpus))
@@ -156,25 +241,3 @@ def run(ctx: StageContext) -> StageResult:
                                           for s in SPLITS for q in (by_id[x] for x in splits[s])))
     for s in SPLITS:
         _write_qrels(beir / "qrels" / f"{s}.tsv", [by_id[x] for x in splits[s]])
-
-    stats = {
-        "questions": {s: len(splits[s]) for s in SPLITS},
-        "questionsWithoutPositiveInCorpus": unknown_positive,
-        "trainRows": n_rows,
-        "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
-        "negativesPerQuestion": {str(k): v for k, v in sorted(hist.items())},
-        "questionsWithFewerNegatives": short,
-        "fewerThanNegativesPolicy": policy,
-        "questionsPadded": padded,
-        "questionsDropped": dropped,
-        "questionsSearchWidened": widened,
-        "candidatesFilteredByMargin": filtered,
-        "margin": spec.mining.margin,
-    }
-    write_json_atomic(ctx.out / "stats.json", stats)
-    return StageResult(
-        counts={"train": len(splits["train"]), "dev": len(splits["dev"]), "test": len(splits["test"]),
-                "rows": n_rows, "short": short, "dropped": dropped},
-        details=stats,
-        summary=f"{n_rows} training rows, {len(splits['test'])} test questions",
-    )

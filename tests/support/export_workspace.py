@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eft.settings import StageSettings
+
 KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob")
 FIELDS = {
     "replicas": "Number of desired pods for this {kind}. This is a pointer to distinguish between explicit zero "
@@ -110,15 +112,18 @@ def fake_spec(name: str = "tiny", tensorrt: dict[str, Any] | None = None, base_m
 
 
 def run_export(root: Path, name: str = "tiny", tensorrt: dict[str, Any] | None = None,
-               base_model: dict[str, Any] | None = None, **onnx: Any) -> Path:
-    """Run the real export stage on a fake workspace; returns the published export folder."""
+               base_model: dict[str, Any] | None = None, settings: StageSettings | None = None,
+               **onnx: Any) -> Path:
+    """Run the real export stage on a fake workspace; returns the published export folder.
+
+    ``settings``: how the stage runs (default: read from the environment, as `eft stage` does)."""
     from eft.pipeline import execute_stage
     from eft.workspace import Workspace
 
     fake_workspace(root)
     efr = fake_spec(name, tensorrt=tensorrt, base_model=base_model, **onnx)
     ws = Workspace(Path(root))
-    execute_stage(efr, ws, "export", progress=lambda msg: None)
+    execute_stage(efr, ws, "export", progress=lambda msg: None, settings=settings)
     return ws.stage_dir("export")
 
 

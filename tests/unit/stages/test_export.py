@@ -14,6 +14,7 @@ from eft.stages import export as export_stage
 from eft.pipeline import StageFailed
 from eft.serving.backends import load_backend
 from eft.serving.manifest import MODEL_MANIFEST
+from eft.settings import StageSettings
 from tests.support.export_workspace import fake_workspace, run_export, shared_export, tiny_beir
 from eft.stage_reports import ExportReport, model_digest
 from eft.workspace import sha256_file
@@ -102,6 +103,13 @@ def test_judge():
     assert export_stage.judge(0.80, 0.79, 0.0124)[0] == "rejected"
 
 
+def test_threads_come_from_the_stage_settings():
+    from eft.serving.backends import available_cpus
+
+    assert export_stage._threads(StageSettings(threads=3)) == 3
+    assert export_stage._threads(StageSettings()) == available_cpus()
+
+
 def _graded_qrels_from(export_dir: Path, beir: Path) -> None:
     """Test qrels = fp32's own top-10 ranking (graded 10..1): fp32 scores nDCG@10 = 1 by construction and
     any variant that changes a ranking scores below it, so a lossy variant is guaranteed to be lossy."""
@@ -149,13 +157,8 @@ def test_lossy_variant_rejected_at_zero_tolerance(export_dir, tmp_path):
         load_backend(out, variant="int8", device="cpu")
     assert load_backend(out, device="cpu", threads=1).variant == "fp32"
     # the report shows the rejection
-    import os
-
-    os.environ["EFT_SKIP_SMOKE"] = "1"
-    try:
-        text = export_stage.report(out)
-    finally:
-        del os.environ["EFT_SKIP_SMOKE"]
+    text = export_stage.report(out, settings=StageSettings(smoke_test=False))
+    assert "smoke check" not in text
     assert "rejected" in text and "int8: loses" in text and "TensorRT:" in text
 
 

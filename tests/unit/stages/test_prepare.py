@@ -185,3 +185,12 @@ def test_fewer_than_n_negatives_policies(tiny):
 
     with pytest.raises(StageFailed, match="no training rows left"):
         run_prepare(tiny, mining={"negatives": 30, "candidates": 30, "fewerThanNegatives": "drop"})
+
+
+def test_prepare_loads_the_model_on_the_device_of_its_settings(tiny):
+    from eft.pipeline import StageFailed
+    from eft.settings import StageSettings
+
+    efr = parse_document({"split": {"validation": 0.1, "test": 0.2, "seed": 1}})
+    with pytest.raises(StageFailed, match="no-such-device"):
+        execute_stage(efr, tiny, "prepare", settings=StageSettings(device="no-such-device"))

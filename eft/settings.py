@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 _FALSE = ("0", "false", "no", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class SettingsError(ValueError):
@@ -82,6 +83,10 @@ class ServeSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServeSettings":
         env = os.environ if env is None else env
+        log_level = env.get("EFT_LOG_LEVEL") or "info"
+        # Checked here: uvicorn would refuse it only after the model had loaded.
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"$EFT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
         return cls(host=env.get("EFT_SERVE_HOST") or "0.0.0.0", port=_read(env, "EFT_SERVE_PORT", int, 8000),
-                   log_level=env.get("EFT_LOG_LEVEL") or "info", trt_cache=env.get("EFT_TRT_CACHE") or None)
+                   log_level=log_level, trt_cache=env.get("EFT_TRT_CACHE") or None)
 

@@ -211,79 +211,106 @@ def _trt_options(max_batch: int, max_len: int, fp16: bool, cache_dir: str, names
     }
 
 
+_PROVIDER_DEVICE = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
+                    "TensorrtExecutionProvider": "tensorrt"}
+
+
+def _session_options(threads: int | None, spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(threads or available_cpus())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning workers burn CPU the tokenizer and the event loop need (and cgroup quota).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def _tensorrt_providers(manifest: dict[str, Any], vfile: str, max_batch: int, fp16: bool,
+                       cache_dir: str | None) -> list[Any]:
+    """The TensorRT provider list for the fp32 graph `vfile`; engines are cached in `cache_dir` (default: a
+    folder per model under the temp dir)."""
+    names = list(manifest.get("inputs") or ["input_ids", "attention_mask"])
+    fp32_sha = str(manifest["files"].get(vfile, {}).get("sha256", "model"))[:12]
+    cache = cache_dir or os.path.join(tempfile.gettempdir(), f"eft-trt-cache-{fp32_sha}")
+    return [("TensorrtExecutionProvider",
+             _trt_options(max_batch, int(manifest["max_seq_length"]), fp16, cache, names)),
+            "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _onnx_model_info(m: dict[str, Any], name: str, vfile: str) -> ModelInfo:
+    prefixes = m.get("prefixes") or {}
+    return ModelInfo(
+        name=name,
+        dimension=int(m["dimension"]),
+        max_length=int(m["max_seq_length"]),
+        pooling=str(m.get("pooling", "unknown")),
+        query_prefix=prefixes.get("query", ""),
+        passage_prefix=prefixes.get("passage", ""),
+        created=int(m.get("created_unix") or 0),
+        extra={"file": vfile},
+    )
+
+
 class OnnxBackend(Backend):
     kind = "onnx"
 
     def __init__(self, model_dir: Path, variant: str = "auto", device: str = "auto", threads: int | None = None,
                  manifest: dict[str, Any] | None = None, model_name: str | None = None, spinning: bool = False,
-                 max_batch: int = 64, allow_rejected: bool = False):
+                 max_batch: int = 64, allow_rejected: bool = False, trt_cache: str | None = None):
+        """trt_cache: the TensorRT engine cache folder (eft.settings.ServeSettings.trt_cache)."""
+        self.model_dir = Path(model_dir)
+        m = self.manifest = manifest or load_manifest(self.model_dir)
+        options = dict(variant=variant, threads=threads, spinning=spinning, max_batch=max_batch,
+                       allow_rejected=allow_rejected, trt_cache=trt_cache)
+        if not self._start_session(device, **options):
+            if device != "auto":
+                provider = "TensorRT" if self.device == "tensorrt" else "CUDAExecutionProvider"
+                raise ModelRefused(f"--device {device}: onnxruntime could not start its {provider} provider "
+                                   "(no usable GPU?) — use --device cpu")
+            log.warning("the CUDA provider did not start; serving on CPU")
+            self._start_session("cpu", **options)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._int32 = {i.name for i in self.session.get_inputs() if i.type == "tensor(int32)"}
+        self.output_name = self.session.get_outputs()[0].name
+        self.pad_id = int(m.get("pad_token_id") or 0)
+        self.tokenizer = TextTokenizer(int(m["max_seq_length"]), folder=self.model_dir)
+        vfile = m["variants"][self.variant]["file"]
+        self.info = _onnx_model_info(m, model_name or m.get("model_name") or self.model_dir.name, vfile)
+
+    def _start_session(self, device: str, variant: str, threads: int | None, spinning: bool, max_batch: int,
+                       allow_rejected: bool, trt_cache: str | None) -> bool:
+        """Open the variant to serve on `device`; False when a GPU provider fell back to the CPU."""
         import onnxruntime as ort
 
-        self.model_dir = Path(model_dir)
-        m = manifest or load_manifest(self.model_dir)
-        self.manifest = m
+        m = self.manifest
         providers = ort_providers(device)
-        self.device = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
-                       "TensorrtExecutionProvider": "tensorrt"}[providers[0]]
-        trt_fp16 = False
+        self.device = _PROVIDER_DEVICE[providers[0]]
+        self.trt_fp16 = False
         if self.device == "tensorrt":
             # TensorRT builds its own reduced-precision engine from the fp32 graph.
-            trt_fp16 = variant in ("auto", "fp16")
+            self.trt_fp16 = variant in ("auto", "fp16")
             choose_variant(m, "fp32", "cuda")
             self.variant = "fp32"
         else:
             self.variant = choose_variant(m, variant, self.device, allow_rejected=allow_rejected)
         vfile = m["variants"][self.variant]["file"]
         path = self.model_dir / vfile
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = int(threads or available_cpus())
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning workers burn CPU the tokenizer and the event loop need (and cgroup quota).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        so.log_severity_level = 3
         if self.device == "tensorrt":
-            names = list(m.get("inputs") or ["input_ids", "attention_mask"])
-            fp32_sha = str(m["files"].get(vfile, {}).get("sha256", "model"))[:12]
-            cache = os.environ.get("EFT_TRT_CACHE") or os.path.join(tempfile.gettempdir(), f"eft-trt-cache-{fp32_sha}")
-            providers = [("TensorrtExecutionProvider",
-                          _trt_options(max_batch, int(m["max_seq_length"]), trt_fp16, cache, names)),
-                         "CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.trt_fp16 = trt_fp16
+            providers = _tensorrt_providers(m, vfile, max_batch, self.trt_fp16, trt_cache)
         # Dynamic int8 quantizes activations with one scale per tensor, i.e. per forward pass: batched
         # together, a text's embedding would move (cosine ~0.99) with its batch-mates and its padding.
         # One text per pass keeps every answer independent of the batch (and costs little on CPU,
         # where ONNX Runtime gains little from batching).
         self.row_by_row = self.variant == "int8"
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            self.session = ort.InferenceSession(str(path), _session_options(threads, spinning), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelRefused(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
-        if self.device != "cpu" and self.session.get_providers()[0] == "CPUExecutionProvider":
-            if device != "auto":
-                raise ModelRefused(f"--device {device}: onnxruntime could not start its "
-                                   f"{providers[0] if isinstance(providers[0], str) else 'TensorRT'} provider "
-                                   "(no usable GPU?) — use --device cpu")
-            log.warning("the CUDA provider did not start; serving on CPU")
-            self.__init__(model_dir, variant, "cpu", threads, m, model_name, spinning, max_batch, allow_rejected)
-            return
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self._int32 = {i.name for i in self.session.get_inputs() if i.type == "tensor(int32)"}
-        self.output_name = self.session.get_outputs()[0].name
-        self.pad_id = int(m.get("pad_token_id") or 0)
-        self.tokenizer = TextTokenizer(int(m["max_seq_length"]), folder=self.model_dir)
-        prefixes = m.get("prefixes") or {}
-        self.info = ModelInfo(
-            name=model_name or m.get("model_name") or self.model_dir.name,
-            dimension=int(m["dimension"]),
-            max_length=int(m["max_seq_length"]),
-            pooling=str(m.get("pooling", "unknown")),
-            query_prefix=prefixes.get("query", ""),
-            passage_prefix=prefixes.get("passage", ""),
-            created=int(m.get("created_unix") or 0),
-            extra={"file": vfile},
-        )
+        return self.device == "cpu" or self.session.get_providers()[0] != "CPUExecutionProvider"
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         if self.row_by_row and len(batch) > 1:
@@ -327,6 +354,80 @@ def choose_variant(manifest: dict[str, Any], wanted: str, device: str, allow_rej
 # ----------------------------------------------------------------------------------------------- torch
 
 
+def _sentence_transformers_dir(model_dir: Path, verify: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The sentence-transformers folder to load and the export's manifest (None for a plain model folder)."""
+    if is_export_dir(model_dir):
+        manifest = load_manifest(model_dir)
+        src = source_model_dir(model_dir, manifest)
+        if src is None or not src.is_dir():
+            raise ModelRefused(f"{model_dir}: the torch backend needs the source sentence-transformers model "
+                               f"({(manifest.get('source') or {}).get('path')}), which is missing; "
+                               "pass a sentence-transformers folder or use --backend onnx")
+        if verify:
+            verify_files(src, (manifest.get("source") or {}).get("files") or {}, what="source model file")
+        return src, manifest
+    if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
+        raise ModelRefused(f"{model_dir}: neither an eft export folder ({'model-manifest.json'}) nor a "
+                           "sentence-transformers / Hugging Face model folder")
+    return model_dir, None
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelRefused(f"--device {device} is not available with the torch backend (cpu or cuda)")
+    return device
+
+
+def _load_sentence_transformer(st_dir: Path, manifest: dict[str, Any] | None, device: str) -> Any:
+    """The model in eval mode, with the export's max sequence length and pooling when there is a manifest."""
+    from eft.models import load_sentence_model
+    from eft.spec import BaseModelSpec
+
+    spec = BaseModelSpec()
+    if manifest:
+        pooling = manifest.get("pooling") if manifest.get("pooling") in ("mean", "cls", "lasttoken") else "mean"
+        spec = BaseModelSpec(max_seq_length=int(manifest["max_seq_length"]), pooling=pooling)
+    try:
+        st = load_sentence_model(spec, path=str(st_dir), device=device)
+    except Exception as exc:
+        raise ModelRefused(f"cannot load {st_dir} as a sentence-transformers model: {exc}") from None
+    if not manifest:
+        st.max_seq_length = int(getattr(st, "max_seq_length", 0) or spec.max_seq_length)
+    return st
+
+
+def _torch_precision(st: Any, variant: str, device: str) -> str:
+    """Cast the model for `variant` (auto: fp16 on a GPU); returns the variant served."""
+    if variant == "fp16" or (variant == "auto" and device != "cpu"):
+        st.half()
+        return "fp16"
+    if variant not in ("auto", "fp32"):
+        raise ModelRefused(f"the torch backend serves fp32 or fp16, not {variant}")
+    return "fp32"
+
+
+def _torch_model_info(st: Any, manifest: dict[str, Any] | None, name: str, st_dir: Path) -> ModelInfo:
+    prompts = getattr(st, "prompts", None) or {}
+    prefixes = (manifest or {}).get("prefixes") or {
+        "query": prompts.get("query", ""), "passage": prompts.get("passage", prompts.get("document", ""))}
+    dim = (st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
+           else st.get_sentence_embedding_dimension())
+    return ModelInfo(
+        name=name,
+        dimension=int(dim),
+        max_length=int(st.max_seq_length),
+        pooling=str((manifest or {}).get("pooling", "sentence-transformers")),
+        query_prefix=prefixes.get("query", ""),
+        passage_prefix=prefixes.get("passage", ""),
+        created=int((manifest or {}).get("created_unix") or 0),
+        extra={"path": str(st_dir)},
+    )
+
+
 class TorchBackend(Backend):
     """sentence-transformers in PyTorch: an export folder's source model, or any ST model folder."""
 
@@ -337,65 +438,18 @@ class TorchBackend(Backend):
         import torch
 
         model_dir = Path(model_dir)
-        manifest = None
-        st_dir = model_dir
-        if is_export_dir(model_dir):
-            manifest = load_manifest(model_dir)
-            src = source_model_dir(model_dir, manifest)
-            if src is None or not src.is_dir():
-                raise ModelRefused(f"{model_dir}: the torch backend needs the source sentence-transformers model "
-                                   f"({(manifest.get('source') or {}).get('path')}), which is missing; "
-                                   "pass a sentence-transformers folder or use --backend onnx")
-            if verify:
-                verify_files(src, (manifest.get("source") or {}).get("files") or {}, what="source model file")
-            st_dir = src
-        elif not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
-            raise ModelRefused(f"{model_dir}: neither an eft export folder ({'model-manifest.json'}) nor a "
-                               "sentence-transformers / Hugging Face model folder")
+        st_dir, manifest = _sentence_transformers_dir(model_dir, verify)
         if threads:
             torch.set_num_threads(int(threads))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise ModelRefused(f"--device {device} is not available with the torch backend (cpu or cuda)")
-        from eft.models import load_sentence_model
-        from eft.spec import BaseModelSpec
-
-        spec = BaseModelSpec()
-        if manifest:
-            pooling = manifest.get("pooling") if manifest.get("pooling") in ("mean", "cls", "lasttoken") else "mean"
-            spec = BaseModelSpec(max_seq_length=int(manifest["max_seq_length"]), pooling=pooling)
-        try:
-            st = load_sentence_model(spec, path=str(st_dir), device=device)
-        except Exception as exc:
-            raise ModelRefused(f"cannot load {st_dir} as a sentence-transformers model: {exc}") from None
-        if not manifest:
-            st.max_seq_length = int(getattr(st, "max_seq_length", 0) or spec.max_seq_length)
-        self.variant = "fp32"
-        if variant == "fp16" or (variant == "auto" and device != "cpu"):
-            st.half()
-            self.variant = "fp16"
-        elif variant not in ("auto", "fp32"):
-            raise ModelRefused(f"the torch backend serves fp32 or fp16, not {variant}")
+        device = _torch_device(device)
+        st = _load_sentence_transformer(st_dir, manifest, device)
+        self.variant = _torch_precision(st, variant, device)
         st.eval()
         self.st, self.device, self.torch = st, device, torch
         self.tokenizer = TextTokenizer(int(st.max_seq_length), hf_tokenizer=st.tokenizer)
         self.pad_id = int(st.tokenizer.pad_token_id or 0)
-        prompts = getattr(st, "prompts", None) or {}
-        prefixes = (manifest or {}).get("prefixes") or {
-            "query": prompts.get("query", ""), "passage": prompts.get("passage", prompts.get("document", ""))}
-        dim = (st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
-               else st.get_sentence_embedding_dimension())
-        self.info = ModelInfo(
-            name=model_name or (manifest or {}).get("model_name") or model_dir.name,
-            dimension=int(dim),
-            max_length=int(st.max_seq_length),
-            pooling=str((manifest or {}).get("pooling", "sentence-transformers")),
-            query_prefix=prefixes.get("query", ""),
-            passage_prefix=prefixes.get("passage", ""),
-            created=int((manifest or {}).get("created_unix") or 0),
-            extra={"path": str(st_dir)},
-        )
+        name = model_name or (manifest or {}).get("model_name") or model_dir.name
+        self.info = _torch_model_info(st, manifest, name, st_dir)
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         torch = self.torch
@@ -413,8 +467,11 @@ class TorchBackend(Backend):
 
 def load_backend(model_dir: Path, backend: str = "auto", variant: str = "auto", device: str = "auto",
                  threads: int | None = None, model_name: str | None = None, verify: bool = True,
-                 allow_rejected: bool = False, spinning: bool = False) -> Backend:
-    """Pick and load a backend. Verifies the export's checksums first (ModelRefused on any mismatch)."""
+                 allow_rejected: bool = False, spinning: bool = False, trt_cache: str | None = None) -> Backend:
+    """Pick and load a backend. Verifies the export's checksums first (ModelRefused on any mismatch).
+
+    trt_cache: the TensorRT engine cache folder (onnx on --device tensorrt only).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelRefused(f"model folder {model_dir} does not exist")
@@ -429,7 +486,8 @@ def load_backend(model_dir: Path, backend: str = "auto", variant: str = "auto", 
         if verify:
             verify_files(model_dir, m["files"])
         return OnnxBackend(model_dir, variant=variant, device=device, threads=threads, manifest=m,
-                           model_name=model_name, allow_rejected=allow_rejected, spinning=spinning)
+                           model_name=model_name, allow_rejected=allow_rejected, spinning=spinning,
+                           trt_cache=trt_cache)
     if backend == "torch":
         if export and verify:
             verify_files(model_dir, load_manifest(model_dir)["files"])

@@ -12,19 +12,30 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from eft.serving.manifest import ModelRefused
+from eft.settings import LOG_LEVELS, ServeSettings, SettingsError
+
+if TYPE_CHECKING:  # the server's modules load only once the model passed preflight
+    import uvicorn
+
+    from eft.serving.app import ServerConfig
+    from eft.serving.backends import Backend
 
 log = logging.getLogger("eft.serving")
 
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(settings: ServeSettings | None = None) -> argparse.ArgumentParser:
+    """The `eft serve` flags; host, port and log level default to `settings` (from the environment in main)."""
+    settings = settings or ServeSettings()
     p = argparse.ArgumentParser(prog="eft serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="export folder (with model-manifest.json) or, for --backend torch, "
                    "a sentence-transformers folder")
-    p.add_argument("--host", default=os.environ.get("EFT_SERVE_HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("EFT_SERVE_PORT", "8000")))
+    p.add_argument("--host", default=settings.host)
+    p.add_argument("--port", type=int, default=settings.port)
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
                    help="auto: onnx for an export folder, torch for a sentence-transformers folder")
     p.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), default="auto",
@@ -54,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-rejected-variant", action="store_true",
                    help="serve an ONNX variant the export rejected for quality loss")
     p.add_argument("--spin", action="store_true", help="let ONNX Runtime threads spin (dedicated CPUs only)")
-    p.add_argument("--log-level", default=os.environ.get("EFT_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default=settings.log_level, choices=LOG_LEVELS)
     return p
 
 
@@ -95,37 +105,70 @@ def preflight(args: argparse.Namespace) -> str:
     return backend
 
 
+def serve_settings() -> ServeSettings:
+    """The environment's settings; SettingsError for a malformed one."""
+    return ServeSettings.from_env()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
-    logging.getLogger("eft").setLevel(args.log_level.upper())
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # The torch backend: OpenMP threads that spin-wait starve the event loop and the tokenizer on shared cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        settings = serve_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
+    _configure_process(args.log_level)
     try:
         backend_kind = preflight(args)
     except ModelRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    fatal = _serve(args, backend_kind, settings.trt_cache)
+    if fatal:
+        print(f"error: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
 
-    import uvicorn
 
-    from eft.serving.app import ServerConfig, create_app
-    from eft.serving.backends import load_backend
+def _configure_process(log_level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    logging.getLogger("eft").setLevel(log_level.upper())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The torch backend: OpenMP threads that spin-wait starve the event loop and the tokenizer on shared cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    cfg = ServerConfig(
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    from eft.serving.app import ServerConfig
+
+    return ServerConfig(
         model_name=args.served_model_name, max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
         on_too_long=args.on_too_long, max_request_bytes=args.max_request_bytes,
         max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, max_padding=args.max_padding, query_prefix=args.query_prefix,
         passage_prefix=args.passage_prefix, token_ids=args.token_ids)
 
-    def loader():
+
+def _backend_loader(args: argparse.Namespace, backend_kind: str,
+                    trt_cache: str | None) -> Callable[[], Backend]:
+    """Loads the backend in the app's background thread (preflight has verified the files already)."""
+    from eft.serving.backends import load_backend
+
+    def loader() -> Backend:
         return load_backend(Path(args.model), backend=backend_kind, variant=args.variant, device=args.device,
                             threads=args.threads, model_name=args.served_model_name, verify=False,
-                            allow_rejected=args.allow_rejected_variant, spinning=args.spin)
+                            allow_rejected=args.allow_rejected_variant, spinning=args.spin, trt_cache=trt_cache)
+
+    return loader
+
+
+def _serve(args: argparse.Namespace, backend_kind: str, trt_cache: str | None) -> list[str]:
+    """Run the server until it stops; returns the fatal errors (a model that failed to load) that stopped it."""
+    import uvicorn
+
+    from eft.serving.app import create_app
 
     fatal: list[str] = []
     holder: dict[str, uvicorn.Server] = {}
@@ -135,10 +178,23 @@ def main(argv: list[str] | None = None) -> int:
         if "server" in holder:
             holder["server"].should_exit = True
 
-    app = create_app(cfg, loader, on_fatal=on_fatal)
+    app = create_app(_server_config(args), _backend_loader(args, backend_kind, trt_cache), on_fatal=on_fatal)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=args.graceful_timeout, lifespan="on")
+    server = holder["server"] = _draining_server(config, app)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+    return fatal
+
+
+def _draining_server(config: uvicorn.Config, app: Any) -> uvicorn.Server:
+    """A uvicorn server whose readiness goes false the moment shutdown starts, and that exits 0 on SIGTERM."""
+    import uvicorn
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # readiness goes false the moment shutdown starts
+        def handle_exit(self, sig, frame):
             st = app.state.eft
             if st.status == "ready":
                 st.status = "draining"
@@ -150,17 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(captured, list):
                 captured.clear()
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                            timeout_graceful_shutdown=args.graceful_timeout, lifespan="on")
-    server = holder["server"] = Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # pragma: no cover
-        pass
-    if fatal:
-        print(f"error: {fatal[0]}", file=sys.stderr)
-        return 1
-    return 0
+    return Server(config)
 
 
 if __name__ == "__main__":

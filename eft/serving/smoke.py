@@ -81,7 +81,8 @@ def smoke_check(model_dir: Path | str, extra_args: Sequence[str] = (), timeout: 
     """Start, one embedding via the `openai` client, stop. Never raises: failures come back as the line."""
     import logging
 
-    import openai
+    # Imported first: its import sets the levels $OPENAI_LOG asks for, which the lines below override.
+    import openai  # noqa: F401
 
     # The OpenAI client's HTTP library logs every request at INFO: not news in a one-line check.
     quiet = [logging.getLogger(n) for n in ("httpx", "httpx2", "httpcore", "openai")]

@@ -71,3 +71,9 @@ def test_no_module_reads_eft_variables_outside_the_settings_modules():
                 if ENV_READ.search(line):
                     offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_a_log_level_uvicorn_would_refuse_is_refused_first():
+    with pytest.raises(SettingsError) as ei:
+        ServeSettings.from_env({"EFT_LOG_LEVEL": "loud"})
+    assert str(ei.value) == "$EFT_LOG_LEVEL must be one of debug, info, warning, error, got 'loud'"

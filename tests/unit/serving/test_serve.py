@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -442,10 +443,78 @@ def test_default_variant_is_int8_on_cpu(export_dir):
         load_backend(export_dir, variant="fp16", device="cpu")
 
 
-def _serve_cli(model: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")  # the fallback itself
+def test_gpu_provider_that_falls_back_to_cpu(export_dir, monkeypatch, caplog):
+    """onnxruntime answers on the CPU when its CUDA provider cannot start: auto serves on CPU, cuda refuses."""
+    import onnxruntime as ort
+
+    from eft.serving import backends
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider, which may start")
+    monkeypatch.setattr(backends, "ort_providers", lambda device: ["CPUExecutionProvider"] if device == "cpu"
+                        else ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with caplog.at_level("WARNING", logger="eft.serving"):
+        b = load_backend(export_dir, device="auto", threads=1, verify=False)
+    assert (b.device, b.variant) == ("cpu", "int8")  # chosen again for the CPU
+    assert "the CUDA provider did not start; serving on CPU" in caplog.text
+    with pytest.raises(ModelRefused, match="could not start its CUDAExecutionProvider provider"):
+        load_backend(export_dir, device="cuda", threads=1, verify=False)
+
+
+def test_trt_cache_setting_reaches_the_tensorrt_provider(export_dir, monkeypatch):
+    from eft.serving import backends, cli
+
+    # $EFT_TRT_CACHE → ServeSettings → the server's backend loader
+    wired: list[str | None] = []
+    monkeypatch.setenv("EFT_TRT_CACHE", "/srv/trt-cache")
+    monkeypatch.setattr(cli, "_configure_process", lambda log_level: None)  # leaves this process's logging be
+    monkeypatch.setattr(cli, "preflight", lambda args: "onnx")
+    monkeypatch.setattr(cli, "_serve", lambda args, kind, trt_cache: wired.append(trt_cache) or [])
+    assert cli.main(["--model", str(export_dir)]) == 0
+    assert wired == ["/srv/trt-cache"]
+
+    # the loader → load_backend → OnnxBackend → TensorRT provider options (the session ends up on CPU here)
+    asked: list[tuple] = []
+    monkeypatch.setattr(backends, "ort_providers", lambda device: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "_tensorrt_providers",
+                        lambda m, vfile, max_batch, fp16, cache: asked.append((vfile, fp16, cache)) or
+                        ["CPUExecutionProvider"])
+    args = cli.build_parser().parse_args(["--model", str(export_dir), "--device", "tensorrt", "--threads", "1"])
+    with pytest.raises(ModelRefused, match="could not start its TensorRT provider"):
+        cli._backend_loader(args, "onnx", "/srv/trt-cache")()
+    assert asked == [("model.onnx", True, "/srv/trt-cache")]  # the fp32 graph; TensorRT builds fp16 from it
+
+
+def test_tensorrt_engine_cache_folder(export_dir):
+    from eft.serving.backends import _tensorrt_providers
+    from eft.serving.manifest import load_manifest
+
+    m = load_manifest(export_dir)
+    given = _tensorrt_providers(m, "model.onnx", 32, True, "/srv/trt-cache")
+    assert given[0][0] == "TensorrtExecutionProvider" and given[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert given[0][1]["trt_engine_cache_path"] == "/srv/trt-cache" and given[0][1]["trt_fp16_enable"] is True
+    default = _tensorrt_providers(m, "model.onnx", 32, False, None)[0][1]["trt_engine_cache_path"]
+    sha = m["files"]["model.onnx"]["sha256"][:12]
+    assert Path(default).parent == Path(tempfile.gettempdir()) and Path(default).name == f"eft-trt-cache-{sha}"
+
+
+def test_serve_flags_default_to_the_serve_settings(monkeypatch):
+    from eft.serving.cli import build_parser
+    from eft.settings import ServeSettings
+
+    args = build_parser(ServeSettings(host="127.0.0.1", port=9000, log_level="debug")).parse_args(["--model", "m"])
+    assert (args.host, args.port, args.log_level) == ("127.0.0.1", 9000, "debug")
+    monkeypatch.setenv("EFT_SERVE_PORT", "1234")  # read by ServeSettings.from_env, never by the parser
+    args = build_parser().parse_args(["--model", "m"])
+    assert (args.host, args.port, args.log_level) == ("0.0.0.0", 8000, "info")
+
+
+def _serve_cli(model: Path, *args: str, timeout: float = 60,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eft.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
                            "--port", "1", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
 
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated", "missing"])
@@ -477,6 +546,17 @@ def test_cli_refusals_are_one_line(export_dir, tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     p = _serve_cli(export_dir, "--variant", "fp16")
     assert p.returncode == 2 and "fp16 was not exported" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("name,value,want", [
+    ("EFT_SERVE_PORT", "eighty", "$EFT_SERVE_PORT must be an integer, got 'eighty'"),
+    ("EFT_LOG_LEVEL", "loud", "$EFT_LOG_LEVEL must be one of debug, info, warning, error, got 'loud'"),
+])
+def test_cli_malformed_setting_is_one_line(tmp_path, name, value, want):
+    p = _serve_cli(tmp_path / "nowhere", env={name: value})
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"error: {want}"]
 
 
 def test_smoke_check(export_dir):

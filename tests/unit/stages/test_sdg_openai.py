@@ -28,6 +28,7 @@ from eft.stages.sdg.prompts import (
 )
 
 from eft.pipeline import StageContext, StageFailed
+from eft.settings import StageSettings
 from eft.spec import parse_document
 from eft.workspace import Workspace
 from tests.support.fake_llm import FakeLLM, Rule, quote
@@ -92,7 +93,7 @@ def make_ctx(root: Path, doc: dict, messages: list[str] | None = None) -> StageC
     efr = parse_document(doc)
     ws = Workspace(root)
     sink = messages if messages is not None else []
-    return StageContext(efr, ws, "sdg", root / "out", ws.work_dir("sdg"), sink.append)
+    return StageContext(efr, ws, "sdg", root / "out", ws.work_dir("sdg"), sink.append, StageSettings(device="cpu"))
 
 
 def run(tmp_path: Path, fake: FakeLLM, model=None, journal: str = "journal", messages=None, **kw):
@@ -136,10 +137,11 @@ def test_good_path_maps_positives_filters_by_judge_and_counts_tokens(tmp_path, f
     import eft.models
 
     loaded = []
-    monkeypatch.setattr(eft.models, "load_sentence_model", lambda spec: loaded.append(spec.name) or model)
+    monkeypatch.setattr(eft.models, "load_sentence_model",
+                        lambda spec, device=None: loaded.append((spec.name, device)) or model)
     messages: list[str] = []
     qs, stats = run(tmp_path, fake, model=None, messages=messages)  # the default: loads the spec's base model
-    assert loaded == ["bundled"]
+    assert loaded == [("bundled", "cpu")]  # on the stage settings' device
     journal = tmp_path / "journal"
     groups = bundles_of(journal)
     # Bundles partition the corpus into groups of 1..maxHops chunks.
@@ -243,11 +245,19 @@ def test_response_format_rejected_falls_back_to_plain_and_remembers(tmp_path, fa
     assert all(r.response_format is None for r in fake.requests[1:])
 
 
-def test_rate_limit_spaces_requests(tmp_path, fake, model):
+def test_rate_limit_spaces_requests(tmp_path, fake, model, monkeypatch):
+    # The limiter gives request k the start slot first + k * 60/600 s, and no request reaches the server before
+    # its slot. Gaps between arrivals vary with scheduling (a late thread shortens the next gap): bound each
+    # arrival from below by its slot, counted from the limiter's first call.
+    calls: list[float] = []
+    wait = llm_mod.RateLimiter.wait
+    monkeypatch.setattr(llm_mod.RateLimiter, "wait",
+                        lambda self, stop: calls.append(time.monotonic()) or wait(self, stop))
     qs, stats = run(tmp_path, fake, model, concurrency=4, requestsPerMinute=600)
     times = sorted(r.time for r in fake.requests)
     assert len(times) >= 4 and qs
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.09
+    first = min(calls)
+    assert all(t - first >= k * 0.1 - 1e-3 for k, t in enumerate(times)), [round(t - first, 3) for t in times]
 
 
 # ------------------------------------------------------------------------------ failures

@@ -29,11 +29,13 @@ def main(argv=None) -> int:
 
     from eft.models import load_sentence_model
     from eft.spec import BaseModelSpec
-    from eft.stages import training_loop as tl
-    from eft.stages.compiled_forward import TrainForward
-    from eft.stages.train import GPU_PAD_MULTIPLE
-    from eft.stages.token_cache import build_token_cache
-    from eft.stages.training_data import TrainRow
+    from eft.stages.train.batches import GPU_PAD_MULTIPLE, BatchTensors
+    from eft.stages.train.compiled_forward import TrainForward
+    from eft.stages.train.distributed import DistInfo
+    from eft.stages.train.loss import LossConfig, batch_loss
+    from eft.stages.train.modeling import to_device
+    from eft.stages.train.rows import TrainRow
+    from eft.stages.train.token_cache import build_token_cache
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path)
@@ -68,9 +70,9 @@ def main(argv=None) -> int:
     if cache is not None and gpu:
         cache.pad_multiple = GPU_PAD_MULTIPLE
     print(f"token cache built in {time.perf_counter() - t0:.2f}s: {len(cache) if cache else 'off'} texts", flush=True)
-    cfg = tl.LossConfig(scale=50.0, n_neg=args.negatives, in_batch=True,
-                        known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
-    info = tl.DistInfo(device=dev)
+    cfg = LossConfig(scale=50.0, n_neg=args.negatives, in_batch=True,
+                     known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
+    info = DistInfo(device=dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=gpu or None)
     model.train()
@@ -81,8 +83,8 @@ def main(argv=None) -> int:
         qs = [r.query for r in sel]
         ps = [r.pos_text for r in sel] + [t for r in sel for t in r.neg_texts]
         feats = (cache.features(qs), cache.features(ps)) if use_cache else (model.preprocess(qs), model.preprocess(ps))
-        return tl.BatchTensors(queries=qs, passages=ps, row_q=torch.arange(len(sel)),
-                               pids=torch.arange(len(ps)) + 10**6, features=feats)
+        return BatchTensors(queries=qs, passages=ps, row_q=torch.arange(len(sel)),
+                            pids=torch.arange(len(ps)) + 10**6, features=feats)
 
     def run(use_cache: bool, steps: int) -> dict[str, list[float]]:
         phases: dict[str, list[float]] = {k: [] for k in ("features", "copy", "forward+loss", "backward", "optimizer")}
@@ -90,10 +92,10 @@ def main(argv=None) -> int:
             sync(); a = time.perf_counter()
             b = batch(i % (len(rows) // args.batch_size), use_cache)
             bt = time.perf_counter()
-            qf, pf = tl.to_device(b.features[0], dev), tl.to_device(b.features[1], dev)
+            qf, pf = to_device(b.features[0], dev), to_device(b.features[1], dev)
             b.features = (qf, pf)
             sync(); c = time.perf_counter()
-            loss = tl.batch_loss(model, b, cfg, info, forward=fwd.forward)
+            loss = batch_loss(model, b, cfg, info, forward=fwd.forward)
             sync(); d = time.perf_counter()
             loss.backward()
             sync(); e = time.perf_counter()

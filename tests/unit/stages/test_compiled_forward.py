@@ -7,7 +7,7 @@ import csv
 
 import pytest
 import torch
-from eft.stages.compiled_forward import COMPILE_MIN_ROWS, TrainForward, decide_compile
+from eft.stages.train.compiled_forward import COMPILE_MIN_ROWS, TrainForward, decide_compile
 
 from eft.pipeline import StageFailed, execute_stage
 from tests.unit.stages.test_train import make_spec, write_prepare

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from eft.stages.token_cache import build_token_cache
+from eft.stages.train.token_cache import build_token_cache
 
 from eft.models import load_sentence_model
 from eft.spec import BaseModelSpec

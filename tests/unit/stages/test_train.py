@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from eft.stages.training_data import (
-    QidBatchSampler,
-    TrainRow,
-    fit_negatives,
-    known_positives,
-)
-from eft.stages.training_loop import contrastive_loss, false_negative_mask
+from eft.stages.train.loss import contrastive_loss, false_negative_mask
+from eft.stages.train.rows import TrainRow, fit_negatives, known_positives
+from eft.stages.train.sampler import QidBatchSampler
 
 from eft import metrics
 from eft.pipeline import StageFailed, StageInputMissing, execute_stage
+from eft.settings import StageSettings
 from eft.spec import parse_document
 from eft.workspace import Workspace, write_json_atomic
 
@@ -224,23 +221,19 @@ def test_training_lowers_loss_and_beats_the_base_model(trained):
     assert got["tuned"] > got["base"] + 0.05, got
 
 
-def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path, monkeypatch):
+def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     efr, _, full = trained
     ws = write_prepare(tmp_path / "ws")
-    monkeypatch.setenv("EFT_CHECKPOINT_STEPS", "2")
-    monkeypatch.setenv("EFT_TRAIN_STOP_AFTER_STEPS", "3")
     with pytest.raises(StageFailed, match="stopped after step 3"):
-        execute_stage(efr, ws, "train")
+        execute_stage(efr, ws, "train", settings=StageSettings(checkpoint_steps=2, stop_after_steps=3))
     assert ws.manifest("train") is None
     ckpt = torch.load(ws.root / ".work" / "train" / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["step"] == 2  # the kill after step 3 lost step 3 only
 
-    monkeypatch.delenv("EFT_TRAIN_STOP_AFTER_STEPS")
     # The resumed half tokenizes per batch in a worker process instead of using the token cache that the
     # first half (and the uninterrupted run) used: the features, hence the losses, must be the same.
-    monkeypatch.setenv("EFT_TOKEN_CACHE", "0")
-    monkeypatch.setenv("EFT_TRAIN_WORKERS", "1")
-    resumed = execute_stage(efr, ws, "train")
+    resumed = execute_stage(efr, ws, "train", settings=StageSettings(checkpoint_steps=2, token_cache=False,
+                                                                     train_workers=1))
     assert resumed["details"]["tokenizerWorkers"] == 1
     assert resumed["details"]["tokenCache"] == {"enabled": False}
     assert full["details"]["tokenCache"]["enabled"] is True
@@ -256,7 +249,7 @@ def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path, m
 
 
 def test_gradient_checkpointing_still_trains():
-    from eft.stages.training_loop import enable_gradient_checkpointing
+    from eft.stages.train.modeling import enable_gradient_checkpointing
 
     from eft.models import load_sentence_model
 
@@ -289,7 +282,10 @@ def test_bad_input_fails_with_one_line(tmp_path):
 _RANK_SCRIPT = r'''
 import sys, zlib, torch
 torch.set_num_threads(1)
-from eft.stages import training_loop as tl
+from eft.stages.train.batches import BatchTensors
+from eft.stages.train.distributed import (DistInfo, allreduce_gradients, allreduce_mean, setup_distributed,
+                                          teardown_distributed)
+from eft.stages.train.loss import LossConfig, batch_loss
 
 def feat(t):
     return torch.randn(16, generator=torch.Generator().manual_seed(zlib.crc32(t.encode())))
@@ -311,31 +307,31 @@ N_NEG = 2
 # 8 rows; rows 1 and 5 share a positive passage (id 1), on different ranks when split 4 + 4.
 POS = [0, 1, 2, 3, 4, 1, 6, 7]
 def batch(rows):
-    return tl.BatchTensors(
+    return BatchTensors(
         queries=[f"q{i}" for i in rows],
         passages=[f"p{POS[i]}" for i in rows] + [f"n{i}-{j}" for i in rows for j in range(N_NEG)],
         row_q=torch.tensor(rows),
         pids=torch.tensor([POS[i] for i in rows] + [100 + 10 * i + j for i in rows for j in range(N_NEG)]))
 
 n_ids = 1000
-cfg = tl.LossConfig(scale=20.0, n_neg=N_NEG, in_batch=True,
-                    known_pairs=torch.tensor(sorted(q * n_ids + POS[q] for q in range(8))), n_ids=n_ids)
+cfg = LossConfig(scale=20.0, n_neg=N_NEG, in_batch=True,
+                 known_pairs=torch.tensor(sorted(q * n_ids + POS[q] for q in range(8))), n_ids=n_ids)
 model = Toy()
 mode, out = sys.argv[1], sys.argv[2]
 if mode == "single":
-    info = tl.DistInfo()
+    info = DistInfo()
     rows = list(range(8))
 else:
-    info = tl.setup_distributed("cpu")
+    info = setup_distributed("cpu")
     rows = list(range(info.rank * 4, info.rank * 4 + 4))
-loss = tl.batch_loss(model, batch(rows), cfg, info)
+loss = batch_loss(model, batch(rows), cfg, info)
 loss.backward()
-tl.allreduce_gradients(list(model.parameters()), info)
-mean_loss = float(tl.allreduce_mean(loss.detach(), info))
+allreduce_gradients(list(model.parameters()), info)
+mean_loss = float(allreduce_mean(loss.detach(), info))
 if info.rank == 0:
     torch.save({"loss": mean_loss, "grad": model.lin.weight.grad.clone()}, out)
 del loss  # the stage's loss is out of scope when it leaves the group; the module-level one must go too
-tl.teardown_distributed(info)
+teardown_distributed(info)
 '''
 
 
@@ -373,19 +369,21 @@ def test_cross_rank_gather_matches_one_big_batch(tmp_path):
 
 
 def test_auto_batch_size_leaves_enough_steps_per_epoch():
-    from eft.stages import training_loop as tl
+    from eft.stages.train import batch_size as bs
+    from eft.stages.train.distributed import DistInfo
+    from eft.stages.train.loss import LossConfig
 
-    assert tl.steps_cap(8_500) == 128  # NFCorpus-sized epoch: 8,500 rows // 50 steps = 170 -> 128
-    assert tl.steps_cap(100_000) == 1024  # 2,000 rows per step at most -> 1,024
-    assert tl.steps_cap(100) == tl.MIN_AUTO_BATCH  # tiny sets still get a useful batch
-    assert tl.steps_cap(8_500, world_size=4) == 32  # per rank
-    info = tl.DistInfo(device="cpu")
-    cfg = tl.LossConfig(scale=50.0, n_neg=1, in_batch=True, known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
+    assert bs.steps_cap(8_500) == 128  # NFCorpus-sized epoch: 8,500 rows // 50 steps = 170 -> 128
+    assert bs.steps_cap(100_000) == 1024  # 2,000 rows per step at most -> 1,024
+    assert bs.steps_cap(100) == bs.MIN_AUTO_BATCH  # tiny sets still get a useful batch
+    assert bs.steps_cap(8_500, world_size=4) == 32  # per rank
+    info = DistInfo(device="cpu")
+    cfg = LossConfig(scale=50.0, n_neg=1, in_batch=True, known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
     kw = dict(n_neg=1, max_len=16, query_len=8, cfg=cfg, info=info)
-    assert tl.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=10_000, **kw).batch_size == 32
-    small = tl.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=600, **kw)
+    assert bs.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=10_000, **kw).batch_size == 32
+    small = bs.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=600, **kw)
     assert small.batch_size == 8 and "capped" in small.method
-    assert tl.choose_batch_size(64, None, max_rows=10_000, rows_per_epoch=600, **kw).batch_size == 64  # explicit wins
+    assert bs.choose_batch_size(64, None, max_rows=10_000, rows_per_epoch=600, **kw).batch_size == 64  # explicit wins
 
 
 def test_train_stage_runs_under_torchrun_with_two_ranks(tmp_path):
@@ -423,12 +421,12 @@ def test_train_stage_runs_under_torchrun_with_two_ranks(tmp_path):
 
 
 def test_out_of_memory_fails_with_advice_not_a_traceback(tmp_path, monkeypatch):
-    from eft.stages import training_loop as tl
+    from eft.stages.train import trainer
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.66 GiB. GPU 0 has a total capacity")
 
-    monkeypatch.setattr(tl, "batch_loss", oom)
+    monkeypatch.setattr(trainer, "batch_loss", oom)  # where the training step looks it up
     ws = write_prepare(tmp_path / "ws")
     with pytest.raises(StageFailed) as err:
         execute_stage(make_spec(epochs=1), ws, "train")

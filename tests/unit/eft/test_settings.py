@@ -77,3 +77,11 @@ def test_a_log_level_uvicorn_would_refuse_is_refused_first():
     with pytest.raises(SettingsError) as ei:
         ServeSettings.from_env({"EFT_LOG_LEVEL": "loud"})
     assert str(ei.value) == "$EFT_LOG_LEVEL must be one of debug, info, warning, error, got 'loud'"
+
+
+def test_every_variable_is_documented():
+    source = (REPO / "eft" / "settings.py").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "stage-contract.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\$(EFT_[A-Z_]+)", source))
+    assert len(names) >= 10
+    assert not sorted(n for n in names if f"`{n}`" not in doc)

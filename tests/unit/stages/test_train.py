@@ -188,7 +188,7 @@ def test_training_lowers_loss_and_beats_the_base_model(trained):
 
     tuned = SentenceTransformer(str(out / "model"), device="cpu")
     assert tuned.encode(["hello"]).shape == (1, 384)
-    # ... in the classic layout that other readers load (tests/test_model_folder.py)
+    # ... in the classic layout that other readers load (tests/unit/eft/test_model_folder.py)
     from eft.model_folder import layout_problems
 
     assert layout_problems(out / "model") == [] and manifest["details"]["modelLayout"] == "classic sentence-transformers"

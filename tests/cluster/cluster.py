@@ -574,8 +574,10 @@ def host_snapshot() -> dict[str, list[str]]:
     def lines(*cmd: str) -> list[str]:
         return sh(*cmd, check=False, quiet=True).stdout.splitlines() if shutil.which(cmd[0]) else []
 
+    # User chains only (policy "-"): a table's built-in chains (":INPUT ACCEPT") appear the first time anything
+    # uses the table on this host and cannot be removed; a fresh machine's ip6tables has none before `up`.
     chains = sorted({ln.split()[0] + " " + tool for tool in ("iptables-save", "ip6tables-save")
-                     for ln in lines(tool) if ln.startswith(":")})
+                     for ln in lines(tool) if ln.startswith(":") and ln.split()[1:2] == ["-"]})
     rules = sorted(ln for tool in ("iptables-save", "ip6tables-save") for ln in lines(tool) if ln.startswith("-A"))
     links = sorted(ln.split(":")[1].strip().split("@")[0] for ln in lines("ip", "-o", "link"))
     mounts = sorted(ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines())

@@ -56,9 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Stages may print a human report of their output (metrics table, served-model smoke check).
     if not failed:
         for o in outcomes:
-            mod = load_stage_module(o.stage)
-            if hasattr(mod, "report"):
-                text = mod.report(Path(ws).resolve() / o.stage)
+            report = getattr(load_stage_module(o.stage), "report", None)
+            if callable(report):  # a stage package may hold a submodule of that name
+                text = report(Path(ws).resolve() / o.stage)
                 if text:
                     print()
                     print(text)

@@ -36,7 +36,7 @@ from eft.stages.train.loss import LossConfig, batch_loss
 from eft.stages.train.modeling import precision_name
 from eft.stages.train.optim import Optimization, StepPlan
 from eft.stages.train.publish import best_model, save_model
-from eft.stages.train.report import stage_result
+from eft.stages.train.result import stage_result
 from eft.stages.train.sampler import QidBatchSampler
 from eft.stages.train.validation import validate
 from eft.workspace import StageResult

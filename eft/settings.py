@@ -55,6 +55,10 @@ class StageSettings:
     stop_after_steps: int | None = None
     smoke_test: bool = True
 
+    def __post_init__(self) -> None:
+        # a checkpoint every 0 steps would divide by zero: at least every step
+        object.__setattr__(self, "checkpoint_steps", max(1, self.checkpoint_steps))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> "StageSettings":
         env = os.environ if env is None else env
@@ -63,7 +67,7 @@ class StageSettings:
             threads=_read(env, "EFT_THREADS", int, None),
             train_workers=_read(env, "EFT_TRAIN_WORKERS", int, None),
             token_cache=_read(env, "EFT_TOKEN_CACHE", bool, True),
-            checkpoint_steps=max(1, _read(env, "EFT_CHECKPOINT_STEPS", int, 500)),
+            checkpoint_steps=_read(env, "EFT_CHECKPOINT_STEPS", int, 500),
             checkpoint_seconds=_read(env, "EFT_CHECKPOINT_SECONDS", float, 600.0),
             termination_log=env.get("EFT_TERMINATION_LOG") or "/dev/termination-log",
             **options,

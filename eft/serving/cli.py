@@ -105,14 +105,9 @@ def preflight(args: argparse.Namespace) -> str:
     return backend
 
 
-def serve_settings() -> ServeSettings:
-    """The environment's settings; SettingsError for a malformed one."""
-    return ServeSettings.from_env()
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = serve_settings()
+        settings = ServeSettings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

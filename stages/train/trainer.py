@@ -203,7 +203,7 @@ class Trainer:
         step, settings = self.state.step, self.ctx.settings
         if step >= self.plan.total_steps:
             return True
-        if (self.terminated.is_set() or step % max(1, settings.checkpoint_steps) == 0
+        if (self.terminated.is_set() or step % settings.checkpoint_steps == 0
                 or time.monotonic() - self.last_checkpoint > settings.checkpoint_seconds):
             self.steps.flush()
             self.save_checkpoint()

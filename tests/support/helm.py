@@ -61,13 +61,13 @@ def helm(helm_bin, helm_env):
     return run
 
 
-def _values_args(values: Path | None, extra: list[str] | None = None) -> list[str]:
+def values_args(values: Path | None, extra: list[str] | None = None) -> list[str]:
     return ([] if values is None else ["-f", str(values)]) + (extra or [])
 
 
 def render(helm, values: Path | None = None, extra: list[str] | None = None, release: str = "eft",
            namespace: str = "eft-system", crds: bool = False) -> list[dict]:
-    args = ["template", release, str(CHART), "--namespace", namespace, *_values_args(values, extra)]
+    args = ["template", release, str(CHART), "--namespace", namespace, *values_args(values, extra)]
     if crds:
         args.append("--include-crds")
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]

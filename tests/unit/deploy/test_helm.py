@@ -11,7 +11,7 @@ import tomllib
 import pytest
 import yaml
 
-from tests.support.helm import CASE_IDS, CASES, CHART, _values_args, by_kind, deployment, render
+from tests.support.helm import CASE_IDS, CASES, CHART, values_args, by_kind, deployment, render
 from tests.support.paths import REPO
 
 
@@ -53,7 +53,7 @@ def test_helm_renders_the_generated_crd(helm):
 
 @pytest.mark.parametrize("values", CASES, ids=CASE_IDS)
 def test_helm_lint(helm, values):
-    proc = helm("lint", "--strict", str(CHART), *_values_args(values))
+    proc = helm("lint", "--strict", str(CHART), *values_args(values))
     assert "0 chart(s) failed" in proc.stdout
 
 

@@ -31,6 +31,7 @@ def test_variables_are_read_and_typed():
     assert (s.device, s.threads, s.train_workers, s.token_cache) == ("cuda:1", 3, 0, False)
     # a checkpoint every 0 steps would divide by zero: at least every step
     assert (s.checkpoint_steps, s.checkpoint_seconds, s.termination_log) == (1, 2.5, "/tmp/t")
+    assert StageSettings(checkpoint_steps=0).checkpoint_steps == 1  # callers get the same floor
     v = ServeSettings.from_env({"EFT_SERVE_HOST": "127.0.0.1", "EFT_SERVE_PORT": "9000", "EFT_LOG_LEVEL": "debug",
                                 "EFT_TRT_CACHE": "/cache"})
     assert v == ServeSettings(host="127.0.0.1", port=9000, log_level="debug", trt_cache="/cache")

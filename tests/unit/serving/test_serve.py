@@ -451,7 +451,8 @@ def test_gpu_provider_that_falls_back_to_cpu(export_dir, monkeypatch, caplog):
     from eft.serving import backends
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has a CUDA provider, which may start")
+        pytest.skip("the CPU fallback is provoked only where CUDA cannot start; this onnxruntime has a CUDA "
+                    "provider that may (CI's CPU-only onnxruntime runs the test)")
     monkeypatch.setattr(backends, "ort_providers", lambda device: ["CPUExecutionProvider"] if device == "cpu"
                         else ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with caplog.at_level("WARNING", logger="eft.serving"):

@@ -38,6 +38,12 @@ cluster-down:
 images: cluster-host
 	$(PY) tests/cluster/images.py build
 
+# Real Kueue for the e2e tier (tests/cluster/README.md, "Kueue"): sigs.k8s.io/kueue built with Go from the module
+# proxy into ~/.cache/eft/kueue/<version>/ (once; the Go toolchain is the one `make controlplane` uses).
+.PHONY: kueue
+kueue: setup
+	$(PY) tests/cluster/kueue.py build
+
 e2e: controlplane cluster-host
 	$(PY) -m pytest tests/e2e -m e2e
 

@@ -42,6 +42,13 @@ CRD_FILE = REPO / "crds" / "embeddingfinetune.yaml"
 # needs them in the schema to bound the estimated cost of the CEL rule that reads k.
 EXTRA_SCHEMA: dict[str, dict[str, Any]] = {
     "evaluation.k": {"items": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    # ServingSpec._autoscaling_needs_cpu_request's CEL rule reads requests.cpu: CEL sees only declared fields of a
+    # preserve-unknown-fields object. The rest of resources stays free-form.
+    "serving.resources": {"properties": {"requests": {
+        "description": "Resources the serving container requests (Kubernetes quantities).", "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"cpu": {"description": "CPU request, e.g. '500m' or 2.", "x-kubernetes-int-or-string": True}},
+    }}},
 }
 
 

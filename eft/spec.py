@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,14 @@ PLURAL = "embeddingfinetunes"
 STAGES: tuple[str, ...] = ("ingest", "sdg", "prepare", "train", "evaluate", "export")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+# The name of an object in the resource's own namespace (a DNS-1123 subdomain). A spec can only name objects
+# there: a "namespace/name" or any other namespace reference is refused, so that an EmbeddingFinetune never lets
+# its author reach what they could not reach with a pod of their own (operator/README.md, privilege model).
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)]
+# A Kueue LocalQueue name: it travels as a label value (at most 63 characters).
+QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL.pattern)]
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class SpecModel(BaseModel):
 
 
 class SecretKeyRef(SpecModel):
-    name: str = Field(min_length=1, description="Name of a Secret in the resource's namespace.")
+    name: ObjectName = Field(description="Name of a Secret in the resource's namespace.")
     key: str = Field(min_length=1, description="Key inside the Secret.")
 
 
@@ -111,7 +119,7 @@ class BaseModelSpec(SpecModel):
     hf_token_secret: SecretKeyRef | None = Field(
         default=None, description="Secret holding a Hugging Face token (cluster only), exported as HF_TOKEN."
     )
-    existing_claim: str | None = Field(
+    existing_claim: ObjectName | None = Field(
         default=None,
         description="PVC holding the model (cluster only); `name` is then a path inside that claim.",
     )
@@ -153,13 +161,13 @@ class CorpusSpec(SpecModel):
         description="Glob patterns of files to read, relative to `path`.",
     )
     exclude: list[str] = Field(default_factory=list, description="Glob patterns of files to skip.")
-    existing_claim: str | None = Field(
+    existing_claim: ObjectName | None = Field(
         default=None, description="PVC holding the corpus (cluster only), mounted read-only into the ingest pod."
     )
-    config_map: str | None = Field(
+    config_map: ObjectName | None = Field(
         default=None, description="ConfigMap whose keys are the corpus files (cluster only, small corpora)."
     )
-    credentials_secret: str | None = Field(
+    credentials_secret: ObjectName | None = Field(
         default=None,
         description="Secret whose keys become environment variables of the ingest pod (e.g. AWS_ACCESS_KEY_ID).",
     )
@@ -467,6 +475,78 @@ class ExportSpec(SpecModel):
     )
 
 
+class AutoscalingSpec(SpecModel):
+    """A HorizontalPodAutoscaler (autoscaling/v2) on the serving Deployment, scaling on CPU utilization."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Create a HorizontalPodAutoscaler that scales the serving Deployment between `minReplicas` "
+        "and `maxReplicas` on the serving pods' CPU utilization; serving.replicas is then ignored (the "
+        "autoscaler owns the replica count). Needs metrics-server (the resource metrics API) in the cluster and "
+        "serving.resources.requests.cpu (utilization is a percentage of the request).",
+    )
+    min_replicas: int = Field(
+        default=1, ge=1, le=100,
+        description="Fewest serving pods the autoscaler keeps (also the replica count the Deployment is created "
+        "with).",
+    )
+    max_replicas: int = Field(
+        default=3, ge=1, le=100,
+        description="Most serving pods the autoscaler starts. More than 1 needs a ReadWriteMany workspace, else "
+        "the resource is Blocked.",
+    )
+    target_cpu_utilization_percentage: int = Field(
+        default=70, ge=1, le=1000, alias="targetCPUUtilizationPercentage",
+        description="Average CPU use of the serving pods, in percent of serving.resources.requests.cpu, that the "
+        "autoscaler keeps them at (above 100 when limits allow pods to use more than they request).",
+    )
+
+    cel_rules = (CelRule("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas",
+                         field_path=".minReplicas", mirrors="_min_at_most_max"),)
+
+    @model_validator(mode="after")
+    def _min_at_most_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})")
+        return self
+
+
+# A label value (Kubernetes: at most 63 characters, alphanumeric at both ends, '-', '_' and '.' inside).
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+
+
+class LabelSelectorSpec(SpecModel):
+    """Objects whose labels include every one of `matchLabels` (a Kubernetes LabelSelector's matchLabels)."""
+
+    match_labels: dict[str, LabelValue] = Field(
+        default_factory=dict, description="Labels (key: value) an object must all carry; empty selects every one.",
+    )
+
+
+class NetworkPolicySpec(SpecModel):
+    """A NetworkPolicy admitting traffic to the serving pods only from the named clients."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Create a NetworkPolicy on the serving pods: ingress only on serving.port, only from pods "
+        "selected by `allowedClients` in the namespaces `allowedNamespaces` selects (by default the resource's "
+        "own namespace); all other ingress to the serving pods is dropped (metrics scrapers included). "
+        "Enforcement needs a CNI plugin that implements NetworkPolicy (Calico, Cilium, ...); elsewhere the object "
+        "exists but nothing is blocked.",
+    )
+    allowed_clients: LabelSelectorSpec = Field(
+        default_factory=LabelSelectorSpec,
+        description="Pods allowed to call the serving endpoint, by pod labels (`matchLabels`); empty = every pod "
+        "of the allowed namespaces.",
+    )
+    allowed_namespaces: LabelSelectorSpec | None = Field(
+        default=None,
+        description="Namespaces, by namespace labels (`matchLabels`; e.g. kubernetes.io/metadata.name: team-a), "
+        "whose pods matching `allowedClients` may call the endpoint; empty `matchLabels` = every namespace. "
+        "Unset = the resource's namespace only.",
+    )
+
+
 class ServingSpec(SpecModel):
     enabled: bool = Field(
         default=True,
@@ -477,7 +557,8 @@ class ServingSpec(SpecModel):
     replicas: int = Field(
         default=1, ge=0, le=100,
         description="Serving pods (Deployment replicas). 0 keeps the Deployment without pods (condition Ready "
-        "False, reason ScaledToZero); more than 1 needs a ReadWriteMany workspace, else the resource is Blocked.",
+        "False, reason ScaledToZero); more than 1 needs a ReadWriteMany workspace, else the resource is Blocked, "
+        "and adds a PodDisruptionBudget (maxUnavailable 1). Ignored while autoscaling.enabled.",
     )
     port: int = Field(
         default=8000, ge=1, le=65535,
@@ -502,8 +583,40 @@ class ServingSpec(SpecModel):
     command: list[str] | None = Field(default=None, description="Replace the container command (e.g. NIM, TEI).")
     args: list[str] | None = Field(default=None, description="Replace the container args.")
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env (Kubernetes EnvVar).")
-    resources: dict[str, Any] = Field(default_factory=dict, description="Container resources (Kubernetes).")
+    resources: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Container resources (Kubernetes ResourceRequirements); autoscaling needs requests.cpu.",
+    )
     health_path: str = Field(default="/health/ready", description="Readiness probe path.")
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        description="Optional HorizontalPodAutoscaler of the serving Deployment (CPU utilization; needs "
+        "metrics-server and serving.resources.requests.cpu). With maxReplicas > 1 it also adds a "
+        "PodDisruptionBudget (maxUnavailable 1).",
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description="Optional NetworkPolicy restricting who may call the serving pods (needs a NetworkPolicy-"
+        "capable CNI plugin to be enforced).",
+    )
+
+    cel_rules = (CelRule("!has(self.autoscaling) || !self.autoscaling.enabled || (has(self.resources) && "
+                         "has(self.resources.requests) && has(self.resources.requests.cpu))",
+                         "autoscaling needs a CPU request: set serving.resources.requests.cpu (e.g. '500m'), the "
+                         "base of the utilization target", field_path=".resources", reason="FieldValueRequired",
+                         mirrors="_autoscaling_needs_cpu_request"),)
+
+    @model_validator(mode="after")
+    def _autoscaling_needs_cpu_request(self) -> ServingSpec:
+        requests = self.resources.get("requests") if isinstance(self.resources, dict) else None
+        if self.autoscaling.enabled and not (isinstance(requests, dict) and requests.get("cpu") is not None):
+            raise ValueError("autoscaling needs a CPU request: set serving.resources.requests.cpu (e.g. '500m'), "
+                             "the base of the utilization target")
+        return self
+
+    def max_replicas(self) -> int:
+        """The most serving pods there can be: autoscaling.maxReplicas while autoscaling, else replicas."""
+        return self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas
 
 
 class WorkspaceSpec(SpecModel):
@@ -512,7 +625,7 @@ class WorkspaceSpec(SpecModel):
         description="Requested storage of the created claim (a Kubernetes quantity): downloaded models, every "
         "stage's outputs and checkpoints. Unused with `existingClaim`.",
     )
-    storage_class_name: str | None = Field(
+    storage_class_name: ObjectName | None = Field(
         default=None, description="StorageClass of the created claim; unset = the cluster's default StorageClass."
     )
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
@@ -521,7 +634,7 @@ class WorkspaceSpec(SpecModel):
         "claim to have). ReadWriteMany lets serving run several replicas and training span nodes "
         "(training.nodes > 1); without it both are Blocked.",
     )
-    existing_claim: str | None = Field(default=None, description="Use this PVC instead of creating one.")
+    existing_claim: ObjectName | None = Field(default=None, description="Use this PVC instead of creating one.")
     retention_policy: Literal["Retain", "Delete"] = Field(
         default="Retain", description="What happens to a created PVC when the resource is deleted."
     )
@@ -569,13 +682,13 @@ class SchedulingSpec(SpecModel):
         default_factory=dict,
         description="Affinity of every stage pod (a Kubernetes Affinity object). Serving pods do not use it.",
     )
-    priority_class_name: str | None = Field(
+    priority_class_name: ObjectName | None = Field(
         default=None, description="PriorityClass of the stage and serving pods; unset = the cluster's default."
     )
-    service_account_name: str | None = Field(
+    service_account_name: ObjectName | None = Field(
         default=None, description="ServiceAccount the stage pods run as; unset = the namespace's default."
     )
-    image_pull_secrets: list[str] = Field(
+    image_pull_secrets: list[ObjectName] = Field(
         default_factory=list,
         description="Names of Secrets in the resource's namespace used to pull the stage and serving images.",
     )
@@ -648,7 +761,10 @@ class EmbeddingFinetuneSpec(SpecModel):
         description="Where and how the stage pods run (cluster only). Changes apply to Jobs created afterwards; "
         "they never re-run stages.",
     )
-    queue_name: str | None = Field(default=None, description="Kueue LocalQueue; set as a label on every Job.")
+    queue_name: QueueName | None = Field(
+        default=None, description="Kueue LocalQueue (in the resource's namespace) that admits every stage Job: "
+        "the Jobs carry it as the kueue.x-k8s.io/queue-name label and are created suspended until Kueue admits "
+        "them; unset = the platform's default queue (chart value policy.defaultQueue), else no queueing.")
     suspend: bool = Field(default=False, description="Pause between stages.")
 
     def training_negatives(self) -> int:
@@ -726,6 +842,9 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> list[st
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see `eft crd` or `kubectl explain embeddingfinetune.spec` for the allowed fields)"
         ctx = e.get("ctx") or {}
+        if e["type"] == "string_pattern_mismatch" and ctx.get("pattern") in (OBJECT_NAME_PATTERN, _DNS_LABEL.pattern):
+            msg = (f"{e.get('input')!r} is not the name of an object in the resource's namespace (lowercase "
+                   "letters, digits, '-' and '.'; other namespaces cannot be named)")
         if e["type"] == "literal_error" and "expected" in ctx:
             msg = f"must be one of {ctx['expected']} (got {e.get('input')!r})"
         lines.append(f"{path}: {msg}")

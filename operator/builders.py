@@ -478,7 +478,12 @@ def build_stage_job(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
     job_spec = stage_job_spec(spec, stage, labels, pod)
     if is_multi_node(spec, stage):
         distribute(job_spec, jname, spec.training.nodes, stage_gpus(spec, stage), stage, force)
-    job_labels = {**labels, QUEUE_LABEL: spec.queue_name} if spec.queue_name else dict(labels)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[QUEUE_LABEL] = spec.queue_name
+        # Created suspended, for Kueue to unsuspend on admission: Kueue's webhook would suspend it too, but
+        # without that webhook (or before it answers) the Job controller would start pods outside the quota.
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -583,7 +588,9 @@ def build_serving_deployment(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, s
         "kind": "Deployment",
         "metadata": _meta(efr, serving_name(name), common_labels(name, "serving")),
         "spec": {
-            "replicas": spec.serving.replicas,
+            # While autoscaling, spec.replicas belongs to the HorizontalPodAutoscaler: left out of the desired
+            # object (and of its hash), created at minReplicas (serving.py), kept from the live object on updates.
+            **({} if spec.serving.autoscaling.enabled else {"replicas": spec.serving.replicas}),
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -612,6 +619,81 @@ def build_serving_service(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> d
 def serving_endpoint(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> str:
     m = efr["metadata"]
     return f"http://{serving_name(m['name'])}.{m['namespace']}.svc:{spec.serving.port}"
+
+
+def needs_disruption_budget(spec: EmbeddingFinetuneSpec) -> bool:
+    """A PodDisruptionBudget protects serving only when it can run more than one pod."""
+    return spec.serving.enabled and spec.serving.max_replicas() > 1
+
+
+def build_serving_disruption_budget(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> dict[str, Any] | None:
+    """The serving pods' PodDisruptionBudget (policy/v1), or None when at most one pod can run.
+
+    ``maxUnavailable: 1`` rather than ``minAvailable``: a minAvailable equal to the replica count (or to the
+    autoscaler's current count, which moves) would let no voluntary eviction through and block every node drain,
+    while a smaller one would let a drain take several pods at once. maxUnavailable 1 follows the replica count as
+    it changes (scaling by hand or by the autoscaler): drains always progress, one serving pod at a time, while
+    the others keep answering. It does not slow rollouts (the Deployment's own maxUnavailable 0 governs those).
+    """
+    if not needs_disruption_budget(spec):
+        return None
+    name = efr["metadata"]["name"]
+    return with_hash({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(efr, serving_name(name), common_labels(name, "serving")),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": serving_selector(name)},
+            # A pod that never became ready serves nothing: evicting it must not wait for the budget, else a
+            # crash-looping serving pod would block node drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    })
+
+
+def build_serving_autoscaler(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> dict[str, Any] | None:
+    """The HorizontalPodAutoscaler (autoscaling/v2) of the serving Deployment on CPU utilization, or None when
+    serving.autoscaling is off. The resource metric needs metrics-server and a CPU request on the pods."""
+    auto = spec.serving.autoscaling
+    if not (spec.serving.enabled and auto.enabled):
+        return None
+    name = efr["metadata"]["name"]
+    return with_hash({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(efr, serving_name(name), common_labels(name, "serving")),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving_name(name)},
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": auto.target_cpu_utilization_percentage}}}],
+        },
+    })
+
+
+def build_serving_network_policy(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> dict[str, Any] | None:
+    """The serving pods' NetworkPolicy, or None when serving.networkPolicy is off: ingress on serving.port only,
+    only from the allowed client pods (of the resource's namespace unless allowedNamespaces says otherwise)."""
+    np = spec.serving.network_policy
+    if not (spec.serving.enabled and np.enabled):
+        return None
+    name = efr["metadata"]["name"]
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(np.allowed_clients.match_labels)}}
+    if np.allowed_namespaces is not None:
+        # one peer with both selectors: pods with those labels *in* those namespaces
+        peer["namespaceSelector"] = {"matchLabels": dict(np.allowed_namespaces.match_labels)}
+    return with_hash({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(efr, serving_name(name), common_labels(name, "serving")),
+        "spec": {
+            "podSelector": {"matchLabels": serving_selector(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [peer], "ports": [{"protocol": "TCP", "port": spec.serving.port}]}],
+        },
+    })
 
 
 # ----------------------------------------------------------------------------- events

@@ -108,7 +108,8 @@ def summarize_deployment(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize_object(body: dict[str, Any]) -> dict[str, Any]:
-    """ConfigMaps, Services, PersistentVolumeClaims: identity, ownership, desired-hash."""
+    """ConfigMaps, Services, PersistentVolumeClaims, PodDisruptionBudgets, HorizontalPodAutoscalers,
+    NetworkPolicies: identity, ownership, desired-hash."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     return {
@@ -133,6 +134,9 @@ class Children:
     claims: list[dict[str, Any]] = field(default_factory=list)
     deployments: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
+    disruption_budgets: list[dict[str, Any]] = field(default_factory=list)  # policy/v1 PodDisruptionBudgets
+    autoscalers: list[dict[str, Any]] = field(default_factory=list)  # autoscaling/v2 HorizontalPodAutoscalers
+    network_policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def live(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

@@ -28,7 +28,8 @@ log = logging.getLogger("eft.operator")
 
 Key = tuple[str, str]  # (namespace, name)
 
-INDEX_NAMES = ("eft_jobs", "eft_stage_pods", "eft_configmaps", "eft_claims", "eft_deployments", "eft_services")
+INDEX_NAMES = ("eft_jobs", "eft_stage_pods", "eft_configmaps", "eft_claims", "eft_deployments", "eft_services",
+               "eft_disruption_budgets", "eft_autoscalers", "eft_network_policies")
 
 
 class WorkQueue:
@@ -185,7 +186,9 @@ class Controller:
         jobs = values("eft_jobs")
         pods = {j["name"]: values("eft_stage_pods", (namespace, j["name"])) for j in jobs}
         return Children(jobs=jobs, pods=pods, configmaps=values("eft_configmaps"), claims=values("eft_claims"),
-                        deployments=values("eft_deployments"), services=values("eft_services"))
+                        deployments=values("eft_deployments"), services=values("eft_services"),
+                        disruption_budgets=values("eft_disruption_budgets"), autoscalers=values("eft_autoscalers"),
+                        network_policies=values("eft_network_policies"))
 
     def current_body(self, key: Key) -> dict[str, Any] | None:
         body = self.resources.get(key)
@@ -246,6 +249,9 @@ class Controller:
                 for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
                     if k in current.get("spec", {}) and k not in desired["spec"]:
                         desired["spec"][k] = current["spec"][k]
+            if a.kind == "Deployment" and "replicas" not in desired["spec"] and "replicas" in current.get("spec", {}):
+                # autoscaled: the HorizontalPodAutoscaler owns the replica count (a PUT without it would reset 1)
+                desired["spec"]["replicas"] = current["spec"]["replicas"]
             for k in ("annotations", "labels"):
                 merged = dict(current["metadata"].get(k) or {})
                 merged.update(desired["metadata"].get(k) or {})

@@ -78,6 +78,8 @@ def _outcome_event(phase: str | None, stage: str, message: str | None,
         reason = conditions.get(ConditionType.FAILED, {}).get("reason")
         if reason in ("InvalidSpec", "QualityGateFailed"):
             return Event("Warning", reason, f"stage {stage}: {message or ''}")
+        if reason == "PolicyViolation":
+            return Event("Warning", reason, message or "")
     return None
 
 

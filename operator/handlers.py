@@ -1,6 +1,7 @@
 """kopf wiring: caches (kopf indices) of the children, and thin event handlers that enqueue a reconcile.
 
-* ``@kopf.index`` on Jobs, stage pods, ConfigMaps, PVCs, Deployments and Services the operator made
+* ``@kopf.index`` on Jobs, stage pods, ConfigMaps, PVCs, Deployments, Services, PodDisruptionBudgets,
+  HorizontalPodAutoscalers and NetworkPolicies the operator made
   (server-side label selector ``app.kubernetes.io/managed-by=eft-operator``): compact summaries keyed by
   (namespace, instance). kopf fills every index before it calls any handler, so a restarted operator
   never plans from a half-listed cache.
@@ -39,6 +40,9 @@ CHILD_RESOURCES = {
     "claims": ("v1", "persistentvolumeclaims"),
     "deployments": ("apps", "v1", "deployments"),
     "services": ("v1", "services"),
+    "disruption_budgets": ("policy", "v1", "poddisruptionbudgets"),
+    "autoscalers": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "network_policies": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 
 
@@ -109,6 +113,21 @@ def eft_deployments(namespace: str, labels: dict[str, str], body: kopf.Body, **_
 
 @kopf.index(*CHILD_RESOURCES["services"], labels=MANAGED, registry=registry)
 def eft_services(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
+    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+
+
+@kopf.index(*CHILD_RESOURCES["disruption_budgets"], labels=MANAGED, registry=registry)
+def eft_disruption_budgets(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
+    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+
+
+@kopf.index(*CHILD_RESOURCES["autoscalers"], labels=MANAGED, registry=registry)
+def eft_autoscalers(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
+    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+
+
+@kopf.index(*CHILD_RESOURCES["network_policies"], labels=MANAGED, registry=registry)
+def eft_network_policies(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
     return {_instance_key(namespace, labels): summarize_object(_raw(body))}
 
 

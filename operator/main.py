@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from eft.controller.settings import Settings
 
@@ -45,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("eft.operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # a malformed $EFT_* value or platform policy: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     controller = Controller(settings)
     kopf.run(
         registry=registry,

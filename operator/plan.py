@@ -13,7 +13,7 @@ token on the stage a retrain starts from). The Job of a stage is named ``<name>-
   everything downstream), under new Job names that never collide with the old ones;
 * a restarted operator recomputes the same names and finds the Jobs it created (a 409 is adoption).
 
-One reconcile, in order: validate the spec; the infrastructure (spec ConfigMap, workspace claim); the
+One reconcile, in order: validate the spec; the platform's defaults and policy (policy_rules.py); the infrastructure (spec ConfigMap, workspace claim); the
 stage Jobs (superseded runs, then the current stage); the quality gate; serving; the status and Events.
 """
 
@@ -31,6 +31,7 @@ from eft.controller.conditions import CONDITION_TYPES, Condition, ConditionType
 from eft.controller.events import Event, transition_events
 from eft.controller.gate import Gate, quality_gate
 from eft.controller.infrastructure import ensure_infrastructure
+from eft.controller.policy_rules import policy_violations, with_policy_defaults
 from eft.controller.serving import Serving, serve, serving_during_run
 from eft.controller.settings import Settings
 from eft.controller.stage_jobs import delete_superseded, next_stage
@@ -60,6 +61,10 @@ def plan(efr: dict[str, Any], children: Children, settings: Settings, now: datet
         spec = EmbeddingFinetuneSpec.model_validate(efr.get("spec") or {})
     except ValidationError as err:
         return invalid_spec_plan(efr, err, now)
+    spec = with_policy_defaults(spec, settings.policy)
+    violations = policy_violations(spec, settings.policy)
+    if violations:
+        return refused_plan(efr, "PolicyViolation", "refused by the platform policy: " + "; ".join(violations), now)
     changes = Changes(uid=efr["metadata"]["uid"])
     ensure_infrastructure(changes, efr, spec, children)
     run = stage_run(efr, spec, children, ignored_uids)
@@ -97,14 +102,20 @@ def _succeeded(run: StageRun, step: Step) -> Condition:
 
 def invalid_spec_plan(efr: dict[str, Any], err: ValidationError, now: datetime) -> Plan:
     """An invalid spec: nothing is created or deleted; status says what is wrong and keeps the rest."""
-    old = efr.get("status") or {}
     message = "invalid spec: " + "; ".join(describe_validation_error(err, prefix="spec"))
-    conditions = [Condition(T.PROGRESSING, "False", "InvalidSpec", message),
-                  Condition(T.SUCCEEDED, "False", "InvalidSpec", message),
-                  Condition(T.FAILED, "True", "InvalidSpec", message),
-                  Condition(T.QUALITY_GATE_PASSED, "Unknown", "NotEvaluated", "the spec is invalid"),
+    return refused_plan(efr, "InvalidSpec", message, now)
+
+
+def refused_plan(efr: dict[str, Any], reason: str, message: str, now: datetime) -> Plan:
+    """A spec the operator will not act on (invalid, or against the platform policy): nothing is created or
+    deleted (a model already serving keeps serving); status says why and keeps the rest."""
+    old = efr.get("status") or {}
+    conditions = [Condition(T.PROGRESSING, "False", reason, message),
+                  Condition(T.SUCCEEDED, "False", reason, message),
+                  Condition(T.FAILED, "True", reason, message),
+                  Condition(T.QUALITY_GATE_PASSED, "Unknown", "NotEvaluated", "the spec was not acted on"),
                   Condition(T.QUEUED, "False", "NotQueued", "no Job is waiting"),
-                  Condition(T.READY, "False", "InvalidSpec", message)]
+                  Condition(T.READY, "False", reason, message)]
     status = build_status(old, _generation(efr), iso(now), phase="Failed", stage=old.get("stage"), message=message,
                           stages=old.get("stages") or [], metrics=old.get("metrics"), endpoint=old.get("endpoint"),
                           digest=old.get("modelDigest"), conditions=conditions)

@@ -13,6 +13,10 @@ the operator tests bind to the operator's ServiceAccount. Why each rule exists:
 * persistentvolumeclaims: the workspace; ``patch`` moves its owner reference with retentionPolicy.
 * services: the serving Service and the headless rendezvous Service of multi-node training.
 * deployments: the serving Deployment.
+* poddisruptionbudgets: the serving pods' budget (maxUnavailable 1) while more than one can run; deleted
+  when back to one replica or serving is disabled.
+* horizontalpodautoscalers: serving.autoscaling's autoscaler of the serving Deployment; deleted when off.
+* networkpolicies: serving.networkPolicy's ingress policy on the serving pods; deleted when off.
 * events: one per transition (core/v1 Events).
 """
 
@@ -34,6 +38,12 @@ def cluster_role_rules() -> list[dict[str, list[str]]]:
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": [*WATCH, "create", "patch"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": [*WATCH, "create", "update", "delete"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*WATCH, "create", "update", "delete"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
+         "verbs": [*WATCH, "create", "update", "delete"]},
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+         "verbs": [*WATCH, "create", "update", "delete"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+         "verbs": [*WATCH, "create", "update", "delete"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from importlib import metadata
 
+from eft.controller.policy import PlatformPolicy, parse_policy
+
 
 def _version() -> str:
     try:
@@ -47,6 +49,9 @@ class Settings:
     # Container resources of GPU stages whose spec.scheduling.stages.<stage>.resources is empty
     # ($EFT_GPU_STAGE_RESOURCES, JSON); the GPU count itself always comes from the spec.
     gpu_stage_resources: dict[str, Any] = field(default_factory=dict)
+    # What tenants' specs may ask for, and the platform's defaults ($EFT_PLATFORM_POLICY, JSON; the chart's
+    # `policy` values); the default allows everything.
+    policy: PlatformPolicy = field(default_factory=PlatformPolicy)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -65,6 +70,7 @@ class Settings:
             "gpu_resource": env.get("EFT_GPU_RESOURCE") or "nvidia.com/gpu",
             "gpu_stage_resources": _json_env("EFT_GPU_STAGE_RESOURCES", dict, {}),
             "namespaces": _names_env("EFT_NAMESPACES"),
+            "policy": parse_policy(env.get("EFT_PLATFORM_POLICY")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

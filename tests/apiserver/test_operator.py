@@ -200,9 +200,8 @@ def test_suspend_pauses_between_stages_and_kueue_queueing(cluster, operator, fak
     cluster.patch(name, {"spec": {"suspend": False}})
     ingest = cluster.stage_job(name, "ingest")
     assert ingest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert not ingest["spec"].get("suspend")
-    # Kueue holds the Job (suspends it): reported as Queued
-    cluster.batch.patch_namespaced_job(ingest["metadata"]["name"], cluster.ns, {"spec": {"suspend": True}})
+    # created suspended, as Kueue wants it: reported as Queued until admitted (unsuspended)
+    assert ingest["spec"]["suspend"] is True
     st = wait_status(cluster, name, phase_is("Queued"))
     assert next(c for c in st["conditions"] if c["type"] == "Queued")["status"] == "True"
     # pause while the stage runs: it finishes, the next one does not start
@@ -271,3 +270,103 @@ def test_operator_service_account_has_exactly_the_rbac_rules(control_plane, kube
         r = control_plane.kubectl("auth", "can-i", verb, res, "-n", kube_namespace, f"--token={token}",
                                   check=False)
         assert r.stdout.strip() == "no", (verb, res)
+
+
+def _read_or_none(read, name: str, ns: str) -> dict | None:
+    from kubernetes.client.rest import ApiException
+
+    from tests.support.operator_harness import raw
+
+    try:
+        return raw(read(name, ns, _preload_content=False))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def test_shared_cluster_serving_budget_autoscaler_and_network_policy(cluster, operator, fake_kubelet):
+    """serving for shared clusters: a PodDisruptionBudget while more than one pod can serve (the disruption
+    controller of the control plane fills its status), the HorizontalPodAutoscaler whose replica count the
+    operator's Deployment updates keep, the NetworkPolicy; the budget and the autoscaler go with one replica."""
+    from kubernetes import client
+
+    name, serve, ns = "shared", "shared-serve", cluster.ns
+    policy, autoscaling = client.PolicyV1Api(cluster.api), client.AutoscalingV2Api(cluster.api)
+    networking = client.NetworkingV1Api(cluster.api)
+    pdb = lambda: _read_or_none(policy.read_namespaced_pod_disruption_budget, serve, ns)  # noqa: E731
+    hpa = lambda: _read_or_none(autoscaling.read_namespaced_horizontal_pod_autoscaler, serve, ns)  # noqa: E731
+    netpol = lambda: _read_or_none(networking.read_namespaced_network_policy, serve, ns)  # noqa: E731
+    uid = cluster.create(name, {"workspace": {"accessModes": ["ReadWriteMany"]}, "serving": {
+        "replicas": 2, "resources": {"requests": {"cpu": "100m"}},
+        "networkPolicy": {"enabled": True, "allowedClients": {"matchLabels": {"app": "rag"}}}}})["metadata"]["uid"]
+    run_pipeline(cluster, fake_kubelet, name)
+
+    def owned(get):
+        obj = get()
+        assert obj is not None
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("EmbeddingFinetune", name, uid, True)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "eft-operator"
+        return obj
+
+    budget = eventually(lambda: owned(pdb), 30)
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    assert budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "serving"
+    policy_obj = owned(netpol)
+    assert policy_obj["spec"]["policyTypes"] == ["Ingress"]
+    assert policy_obj["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app": "rag"}}}],
+                                              "ports": [{"protocol": "TCP", "port": 8000}]}]
+    assert hpa() is None
+    fake_kubelet.mark_deployment_pods_ready(ns, serve)
+    wait_status(cluster, name, phase_is("Serving"))
+
+    def counted():  # the kube-controller-manager's disruption controller: 2 pods of the Deployment, 1 may go
+        st = pdb()["status"]
+        assert (st.get("expectedPods"), st.get("currentHealthy"), st.get("desiredHealthy"),
+                st.get("disruptionsAllowed")) == (2, 2, 1, 1), st
+
+    eventually(counted, 30)
+
+    # ---- autoscaling: the HPA appears; what it sets (here by hand: no metrics-server) survives a rollout
+    cluster.patch(name, {"spec": {"serving": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}}}})
+    auto = eventually(lambda: owned(hpa), 30)
+    assert auto["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": serve}
+    assert (auto["spec"]["minReplicas"], auto["spec"]["maxReplicas"]) == (2, 4)
+    assert auto["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    cluster.apps.patch_namespaced_deployment_scale(serve, ns, {"spec": {"replicas": 3}})
+    cluster.patch(name, {"spec": {"serving": {"env": [{"name": "EFT_SHARED", "value": "1"}]}}})
+
+    def rolled_keeping_replicas():
+        d = cluster.deployment(serve)
+        env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "EFT_SHARED", "value": "1"} in env
+        assert d["spec"]["replicas"] == 3, d["spec"]["replicas"]
+        return d
+
+    eventually(rolled_keeping_replicas, 30)
+    fake_kubelet.mark_deployment_pods_ready(ns, serve)
+    wait_status(cluster, name, phase_is("Serving"), what="serving on the autoscaler's 3 replicas")
+    assert cluster.deployment(serve)["spec"]["replicas"] == 3
+
+    def budget_follows():  # maxUnavailable follows the replica count the autoscaler set
+        st = pdb()["status"]
+        assert (st.get("expectedPods"), st.get("desiredHealthy")) == (3, 2), st
+
+    eventually(budget_follows, 30)
+
+    # ---- back to one replica without autoscaling: the budget and the autoscaler are deleted
+    cluster.patch(name, {"spec": {"serving": {"replicas": 1, "autoscaling": {"enabled": False}}}})
+
+    def single():
+        assert pdb() is None and hpa() is None
+        assert cluster.deployment(serve)["spec"]["replicas"] == 1
+
+    eventually(single, 30)
+    assert owned(netpol)  # still wanted
+    cluster.patch(name, {"spec": {"serving": {"networkPolicy": {"enabled": False}}}})
+
+    def no_policy():
+        assert netpol() is None
+
+    eventually(no_policy, 30)

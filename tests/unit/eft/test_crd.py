@@ -195,6 +195,13 @@ INVALID = [
     ({"workspace": {"size": "lots"}}, "spec.workspace.size", True),
     ({"workspace": {"accessModes": ["ReadOnlyMany"]}}, "spec.workspace.accessModes[0]", True),
     ({"serving": {"replicas": -1}}, "spec.serving.replicas", True),
+    ({"serving": {"autoscaling": {"enabled": True}}}, "spec.serving.resources", True),
+    ({"serving": {"autoscaling": {"enabled": True}, "resources": {"limits": {"cpu": "1"}}}},
+     "spec.serving.resources", True),
+    ({"serving": {"autoscaling": {"minReplicas": 4, "maxReplicas": 2}}}, "spec.serving.autoscaling.minReplicas",
+     True),
+    ({"serving": {"networkPolicy": {"allowedClients": {"matchLabels": {"app": "not a label"}}}}},
+     "spec.serving.networkPolicy.allowedClients.matchLabels.app", True),
     ({"scheduling": {"stages": {"train": {"gpus": 99}}}}, "spec.scheduling.stages.train.gpus", True),
 ]
 

@@ -75,7 +75,7 @@ def test_stage_job_basics():
     assert j["metadata"]["labels"][b.QUEUE_LABEL] == "team-a"
     assert j["metadata"]["labels"][b.INSTANCE_LABEL] == "demo"
     assert j["metadata"]["labels"][b.STAGE_LABEL] == "train"
-    assert "suspend" not in j["spec"]  # Kueue suspends it itself
+    assert j["spec"]["suspend"] is True  # created suspended: only Kueue's admission starts it
     assert j["spec"]["backoffLimit"] == 3
     pod_spec = j["spec"]["template"]["spec"]
     c = pod_spec["containers"][0]

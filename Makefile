@@ -44,13 +44,13 @@ images: cluster-host
 kueue: setup
 	$(PY) tests/cluster/kueue.py build
 
-e2e: controlplane cluster-host
+e2e: controlplane cluster-host kueue
 	$(PY) -m pytest tests/e2e -m e2e
 
-test: setup controlplane cluster-host
+test: setup controlplane cluster-host kueue
 	$(PY) -m pytest
 
-test-all: setup controlplane cluster-host
+test-all: setup controlplane cluster-host kueue
 	$(PY) -m pytest -m "slow or not slow"
 
 # bench/serve.py's Infinity contender. infinity-emb pins sentence-transformers 3 and numpy 1, which cannot

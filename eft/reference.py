@@ -24,6 +24,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 def _type_name(ann) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    if origin is typing.Annotated:  # ObjectName and the like: the constraints live in the CRD, not the table
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):

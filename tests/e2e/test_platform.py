@@ -84,17 +84,23 @@ def platform(real_cluster, eft_operator, tmp_path_factory):
     """Kueue, a quota for one stage pod, the chart's policy, and a tenant with `edit` in one namespace."""
     rc = real_cluster
     kueue = load_file_module("eft_test_kueue", REPO / "tests" / "cluster" / "kueue.py")
-    work = tmp_path_factory.mktemp("kueue")
-    with namespace(rc) as mine, namespace(rc) as other, kueue.Kueue(rc.kubeconfig, work) as running:
-        kueue.apply_queues(rc.kubeconfig, mine, queue=QUEUE, cpu=STAGE_CPU, memory="8Gi")
-        set_policy(rc, POLICY)
-        pki = Path(rc.kubeconfig).parent / "pki"
-        alice = Tenant(rc, user_kubeconfig(rc.kubeconfig, pki, "alice", ("ml-team",), tmp_path_factory.mktemp("u")))
-        rc.kubectl("create", "rolebinding", "alice-edit", "-n", mine, "--clusterrole=edit", "--user=alice")
-        try:
-            yield rc, alice, mine, other, running
-        finally:
-            set_policy(rc, DEFAULT_POLICY)
+    with kueue.Kueue(rc.kubeconfig, tmp_path_factory.mktemp("kueue")) as running:
+        with namespace(rc) as mine, namespace(rc) as other:
+            kueue.apply_queues(rc.kubeconfig, mine, cpu=STAGE_CPU, memory="8Gi", cluster_queue="eft-platform",
+                               local_queue=QUEUE)
+            set_policy(rc, POLICY)
+            pki = Path(rc.kubeconfig).parent / "pki"
+            users = tmp_path_factory.mktemp("users")
+            alice = Tenant(rc, user_kubeconfig(rc.kubeconfig, pki, "alice", ("ml-team",), users))
+            rc.kubectl("create", "rolebinding", "alice-edit", "-n", mine, "--clusterrole=edit", "--user=alice")
+            try:
+                yield rc, alice, mine, other, running
+            finally:
+                set_policy(rc, DEFAULT_POLICY)
+                # Kueue's finalizers on Workloads and queues: remove them while Kueue still runs
+                rc.kubectl("delete", "embeddingfinetunes,jobs", "--all", "-n", mine, "--wait=true",
+                           "--timeout=120s", check=False, timeout=150)
+                kueue.delete_queues(rc.kubeconfig, mine, cluster_queue="eft-platform", local_queue=QUEUE)
 
 
 def test_the_tenant_is_refused_outside_its_namespace_and_outside_the_policy(platform):

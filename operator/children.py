@@ -71,6 +71,20 @@ def _unschedulable(conditions: list[dict[str, Any]]) -> str | None:
     return (c.get("message") or "unschedulable") if c else None
 
 
+# Container waiting reasons that never clear by themselves: a missing Secret/ConfigMap key, a bad image.
+STUCK_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
+                           "InvalidImageName", "ErrImageNeverPull"})
+
+
+def _stuck_container(statuses: list[dict[str, Any]]) -> str | None:
+    """The kubelet's words when a container of the pod cannot start (a Secret the spec names is missing...)."""
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING:
+            return f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
+    return None
+
+
 def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
     meta, st = body.get("metadata") or {}, body.get("status") or {}
     labels = meta.get("labels") or {}
@@ -80,6 +94,7 @@ def summarize_pod(body: dict[str, Any]) -> dict[str, Any]:
         "job": labels.get(b.JOB_NAME_LABEL) or labels.get("job-name"),
         "phase": st.get("phase"),
         "unschedulable": _unschedulable(st.get("conditions") or []),
+        "stuck": _stuck_container((st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or [])),
         "message": (term.get("message") or "").strip() or None,
         "exitCode": term.get("exitCode"),
         "reason": term.get("reason"),

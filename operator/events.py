@@ -87,8 +87,9 @@ def _condition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
     before, after = _conditions(old), _conditions(new)
     events: list[Event] = []
     p_old, p_new = before.get(ConditionType.PROGRESSING) or {}, after.get(ConditionType.PROGRESSING) or {}
-    if p_new.get("reason") == "Unschedulable" and p_old.get("reason") != "Unschedulable":
-        events.append(Event("Warning", "Unschedulable", p_new.get("message") or ""))
+    for reason in ("Unschedulable", "ContainerCannotStart"):
+        if p_new.get("reason") == reason and p_old.get("reason") != reason:
+            events.append(Event("Warning", reason, p_new.get("message") or ""))
     gate = _gate_event(before.get(ConditionType.QUALITY_GATE_PASSED) or {},
                        after.get(ConditionType.QUALITY_GATE_PASSED) or {})
     return events + ([gate] if gate else [])

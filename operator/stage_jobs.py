@@ -66,13 +66,19 @@ def stage_in_flight(stage: str, entry: dict[str, Any], spec: EmbeddingFinetuneSp
 
 
 def running_condition(stage: str, entry: dict[str, Any], pods: list[dict[str, Any]]) -> Condition:
-    """Progressing of a stage whose Job runs: running, or waiting for a node that fits."""
+    """Progressing of a stage whose Job runs: running, waiting for a node that fits, or a container that cannot
+    start (a missing Secret or image)."""
     stuck = next((p["unschedulable"] for p in pods if p.get("unschedulable") and p.get("phase") == "Pending"), None)
     if stuck:
         # a GPU stage on a cluster without GPUs waits here forever: say so, with the scheduler's words
         return Condition(_PROGRESSING, "True", "Unschedulable", f"stage {stage}: its pod cannot be scheduled: "
                          f"{trim(stuck)} (scheduling.stages.{stage}.gpus / training.gpusPerNode / resources set "
                          "what it asks for)")
+    cannot_start = next((p["stuck"] for p in pods if p.get("stuck") and p.get("phase") == "Pending"), None)
+    if cannot_start:
+        # e.g. a Secret the spec names that does not exist in this namespace: it waits until someone creates it
+        return Condition(_PROGRESSING, "True", "ContainerCannotStart", f"stage {stage}: its container cannot "
+                         f"start: {trim(cannot_start)}")
     attempt = f", attempt {entry['attempts']})" if entry.get("attempts", 1) > 1 else ")"
     return Condition(_PROGRESSING, "True", "StageRunning", f"stage {stage} running (Job {entry['job']}{attempt}")
 

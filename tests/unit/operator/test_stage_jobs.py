@@ -130,6 +130,30 @@ def test_plan_says_when_a_stage_pod_cannot_be_scheduled():
     assert not [e for e in again.events if e[1] == "Unschedulable"]  # once, not every reconcile
 
 
+def test_plan_says_when_a_stage_container_cannot_start():
+    """A Secret the spec names that is not in the namespace (another namespace's is unreachable by design): the
+    kubelet's words in status and one Warning Event, instead of a stage that looks like it runs."""
+    body = efr({"sdg": {"backend": "openai", "openai": {"apiKeySecret": {"name": "llm", "key": "key"}}}})
+    ch = children_through(body, "sdg", "Running")
+    job = next(j for j in ch.jobs if j["stage"] == "sdg")
+    waiting = {"name": "stage", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                      "message": 'secret "llm" not found'}}}
+    pod = summarize_pod({"metadata": {"name": "p", "labels": {b.JOB_NAME_LABEL: job["name"]}},
+                         "status": {"phase": "Pending", "containerStatuses": [waiting]}})
+    assert pod["stuck"] == 'CreateContainerConfigError: secret "llm" not found'
+    ch.pods[job["name"]] = [pod]
+    p = plan(body, ch, SETTINGS, NOW)
+    prog = cond(p.status, "Progressing")
+    assert prog["reason"] == "ContainerCannotStart" and 'secret "llm" not found' in prog["message"]
+    assert [e for e in p.events if e[1] == "ContainerCannotStart"]
+    again = plan({**body, "status": p.status}, ch, SETTINGS, NOW)
+    assert not [e for e in again.events if e[1] == "ContainerCannotStart"]
+    # a container merely pulling or creating is not stuck
+    creating = {"name": "stage", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert summarize_pod({"metadata": {"name": "p"}, "status": {"phase": "Pending",
+                                                                "containerStatuses": [creating]}})["stuck"] is None
+
+
 def test_forced_by_retrain_names_one_stage():
     assert not any(forced_by_retrain({}, s) for s in STAGES)
     assert [s for s in STAGES if forced_by_retrain({b.RETRAIN_ANNOTATION: "t"}, s)] == ["ingest"]

@@ -394,8 +394,26 @@ def test_shutdown_while_loading_does_not_hang(fp32):
     gate.set()
 
 
+class _Gated(_Flaky):
+    """Forward passes wait until the test opens the gate: requests stay in flight as long as it needs."""
+
+    def __init__(self, inner: Backend):
+        super().__init__(inner)
+        self.gate = threading.Event()
+
+    def embed(self, batch):
+        self.gate.wait(30)
+        return self.inner.embed(batch)
+
+
+def _queue_depth(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("eft_queue_depth ")))
+
+
 def test_graceful_shutdown_drains_in_flight(fp32):
-    s = ServerThread(create_app(ServerConfig(max_wait_ms=0, max_batch_size=1), _Flaky(fp32, delay=0.4))).start()
+    backend = _Gated(fp32)
+    s = ServerThread(create_app(ServerConfig(max_wait_ms=0, max_batch_size=1), backend)).start()
     results: list[int] = []
 
     def call(i):
@@ -405,8 +423,16 @@ def test_graceful_shutdown_drains_in_flight(fp32):
     threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # all four are in flight; the forward passes take 1.6 s in all
-    s.stop()
+    # all four accepted and in flight (not a fixed sleep: a loaded machine may take longer to send them)
+    deadline = time.monotonic() + 20
+    while _queue_depth(s.url) < 4:
+        assert time.monotonic() < deadline, "the four requests never were in flight at once"
+        time.sleep(0.05)
+    stopping = threading.Thread(target=s.stop)
+    stopping.start()
+    time.sleep(0.2)  # the shutdown has begun while every request still waits for its forward pass
+    backend.gate.set()
+    stopping.join(30)
     for t in threads:
         t.join(30)
     assert results == [200] * 4

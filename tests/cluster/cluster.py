@@ -36,6 +36,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -616,7 +618,6 @@ def running_state() -> dict | None:
     pid = state.get("supervisor")
     if not pid or not Path(f"/proc/{pid}").exists():
         return None
-    import urllib.error
 
     try:
         ctx = ssl.create_default_context(cafile=str(RUN_DIR / "controlplane" / "pki" / "ca.crt"))

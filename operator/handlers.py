@@ -96,39 +96,22 @@ def eft_stage_pods(namespace: str, body: kopf.Body, **_: Any):
     return {(namespace, s["job"]): s} if s["job"] else None
 
 
-@kopf.index(*CHILD_RESOURCES["configmaps"], labels=MANAGED, registry=registry)
-def eft_configmaps(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
-
-
-@kopf.index(*CHILD_RESOURCES["claims"], labels=MANAGED, registry=registry)
-def eft_claims(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
-
-
 @kopf.index(*CHILD_RESOURCES["deployments"], labels=MANAGED, registry=registry)
 def eft_deployments(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
     return {_instance_key(namespace, labels): summarize_deployment(_raw(body))}
 
 
-@kopf.index(*CHILD_RESOURCES["services"], labels=MANAGED, registry=registry)
-def eft_services(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+def _object_index(kind: str) -> None:
+    """The cache of one kind summarized by summarize_object (identity, owners, desired hash), named eft_<kind>."""
+    def index(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
+        return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+
+    index.__name__ = index.__qualname__ = f"eft_{kind}"
+    kopf.index(*CHILD_RESOURCES[kind], labels=MANAGED, registry=registry, id=f"eft_{kind}")(index)
 
 
-@kopf.index(*CHILD_RESOURCES["disruption_budgets"], labels=MANAGED, registry=registry)
-def eft_disruption_budgets(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
-
-
-@kopf.index(*CHILD_RESOURCES["autoscalers"], labels=MANAGED, registry=registry)
-def eft_autoscalers(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
-
-
-@kopf.index(*CHILD_RESOURCES["network_policies"], labels=MANAGED, registry=registry)
-def eft_network_policies(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any):
-    return {_instance_key(namespace, labels): summarize_object(_raw(body))}
+for _kind in ("configmaps", "claims", "services", "disruption_budgets", "autoscalers", "network_policies"):
+    _object_index(_kind)
 
 
 def _raw(body: kopf.Body) -> dict[str, Any]:

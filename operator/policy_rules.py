@@ -35,18 +35,19 @@ def registry_allowed(image: str, registries: tuple[str, ...]) -> bool:
     return any(ref == r or ref.startswith(r + "/") for r in registries)
 
 
-def named_images(spec: EmbeddingFinetuneSpec) -> list[tuple[str, str]]:
-    """(field path, image) of every image the spec names itself."""
-    images = [(f"spec.scheduling.stages.{stage}.image", sp.image)
-              for stage, sp in sorted(spec.scheduling.stages.items()) if sp.image]
-    if spec.serving.image:
-        images.append(("spec.serving.image", spec.serving.image))
-    return images
+def set_pod_fields(spec: EmbeddingFinetuneSpec, field: str) -> list[tuple[str, Any]]:
+    """(field path, value) of a pod setting (``image``, ``resources``) wherever the spec sets it itself: each
+    stage's scheduling block, then serving."""
+    out = [(f"spec.scheduling.stages.{stage}.{field}", getattr(sp, field))
+           for stage, sp in sorted(spec.scheduling.stages.items()) if getattr(sp, field)]
+    if getattr(spec.serving, field):
+        out.append((f"spec.serving.{field}", getattr(spec.serving, field)))
+    return out
 
 
 def _image_violations(spec: EmbeddingFinetuneSpec, policy: PlatformPolicy) -> list[str]:
     out = []
-    for path, image in named_images(spec):
+    for path, image in set_pod_fields(spec, "image"):
         if not policy.allow_image_overrides:
             out.append(f"{path}: the platform does not allow specs to choose images (policy.allowImageOverrides "
                        f"is false); remove it to use the operator's image")
@@ -79,14 +80,6 @@ def pod_gpus(spec: EmbeddingFinetuneSpec) -> list[tuple[str, int]]:
     return out
 
 
-def pod_resources(spec: EmbeddingFinetuneSpec) -> list[tuple[str, dict[str, Any]]]:
-    out = [(f"spec.scheduling.stages.{stage}.resources", sp.resources)
-           for stage, sp in sorted(spec.scheduling.stages.items()) if sp.resources]
-    if spec.serving.resources:
-        out.append(("spec.serving.resources", spec.serving.resources))
-    return out
-
-
 def _gpu_violations(spec: EmbeddingFinetuneSpec, policy: PlatformPolicy) -> list[str]:
     cap = policy.max_gpus_per_pod
     if cap is None:
@@ -99,7 +92,7 @@ def _gpu_violations(spec: EmbeddingFinetuneSpec, policy: PlatformPolicy) -> list
 def _resource_violations(spec: EmbeddingFinetuneSpec, policy: PlatformPolicy) -> list[str]:
     out = []
     caps = {name: quantity(q, name) for name, q in policy.max_resources.items()}
-    for path, res in pod_resources(spec):
+    for path, res in set_pod_fields(spec, "resources"):
         for kind in RESOURCE_KEYS:
             for name, value in (res.get(kind) or {}).items():
                 if name not in caps:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 
@@ -17,22 +16,13 @@ import pytest
 import yaml
 
 from tests.support.cluster import namespace
+from tests.support.specs import quickstart_variant
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-from tests.support.paths import REPO  # noqa: E402
-
 
 def quickstart_with(name: str, **spec_changes) -> str:
-    doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
-    doc["metadata"]["name"] = name
-    for dotted, value in spec_changes.items():
-        node = doc["spec"]
-        *path, last = dotted.split(".")
-        for key in path:
-            node = node.setdefault(key, {})
-        node[last] = copy.deepcopy(value)
-    return yaml.safe_dump(doc)
+    return yaml.safe_dump(quickstart_variant(name, **spec_changes))
 
 
 def condition(efr: dict, kind: str) -> dict:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 import pytest
+import yaml
 
 from tests.support.cluster import namespace
 from tests.support.controlplane import unavailable
@@ -162,26 +164,43 @@ def test_a_second_job_waits_for_quota_and_the_webhook_suspends_labelled_jobs(rea
     say(f"done in {time.monotonic() - t0:.1f}s")
 
 
+def _suffixed(docs: list[dict], suffix: str) -> list[dict]:
+    """The gitops objects under names of their own (the cluster-scoped ones could collide with a real queue's),
+    references included; the namespace stays ml-team, the LocalQueue's, which the test creates."""
+    names = {d["metadata"]["name"]: d["metadata"]["name"] + suffix for d in docs
+             if d["kind"] in ("ResourceFlavor", "ClusterQueue")}
+    for d in docs:
+        d["metadata"]["name"] = names.get(d["metadata"]["name"], d["metadata"]["name"] + suffix)
+        for group in d["spec"].get("resourceGroups") or []:
+            for flavor in group["flavors"]:
+                flavor["name"] = names[flavor["name"]]
+        if d["kind"] == "LocalQueue":
+            d["spec"]["clusterQueue"] = names[d["spec"]["clusterQueue"]]
+    return docs
+
+
 def test_the_gitops_queues_apply_to_real_kueue(real_cluster, kueue):
     """gitops/kueue/queues.yaml (the queues examples/kueue.yaml assumes) passes the v1beta2 schema and Kueue's
-    webhooks, and Kueue makes its ClusterQueue Active; then it is deleted again (while Kueue runs: finalizers)."""
+    webhooks, and Kueue makes its ClusterQueue Active; then it is deleted again (while Kueue runs: finalizers).
+    The real apply uses the file's objects under suffixed names, so it never touches a real `eft` queue."""
     rc, km = real_cluster, kueue_module()
-    queues = str(REPO / "gitops" / "kueue" / "queues.yaml")
+    queues = REPO / "gitops" / "kueue" / "queues.yaml"
+    docs = _suffixed([d for d in yaml.safe_load_all(queues.read_text()) if d], "-" + uuid.uuid4().hex[:6])
+    manifest = yaml.safe_dump_all(docs)
+    cq, lq = (next(d["metadata"]["name"] for d in docs if d["kind"] == k) for k in ("ClusterQueue", "LocalQueue"))
     made_ns = rc.kubectl("create", "namespace", "ml-team", check=False).returncode == 0  # the LocalQueue's
     try:
-        out = rc.kubectl("apply", "--server-side", "--dry-run=server", "-f", queues).stdout
+        out = rc.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(queues)).stdout
         assert out.count("serverside-applied") == 4, out
-        if rc.kubectl("get", "clusterqueue", "eft", check=False).returncode == 0:
-            pytest.skip("a ClusterQueue eft exists (someone's real queues): only the dry run ran")
-        rc.kubectl("apply", "--server-side", "-f", queues)
+        rc.kubectl("apply", "--server-side", "-f", "-", input=manifest)
         try:
-            rc.kubectl("wait", "--for=condition=Active", "clusterqueue/eft", "--timeout=60s", timeout=90)
-            rc.kubectl("wait", "--for=condition=Active", "localqueue/eft-queue", "-n", "ml-team", "--timeout=60s",
+            rc.kubectl("wait", "--for=condition=Active", f"clusterqueue/{cq}", "--timeout=60s", timeout=90)
+            rc.kubectl("wait", "--for=condition=Active", f"localqueue/{lq}", "-n", "ml-team", "--timeout=60s",
                        timeout=90)
-            cq = rc.get("clusterqueue", "eft")
-            assert cq["apiVersion"] == km.API and cq["spec"]["namespaceSelector"] == {}
+            got = rc.get("clusterqueue", cq)
+            assert got["apiVersion"] == km.API and got["spec"]["namespaceSelector"] == {}
         finally:
-            rc.kubectl("delete", "-f", queues, "--ignore-not-found", "--timeout=60s", timeout=90)
+            rc.kubectl("delete", "-f", "-", "--ignore-not-found", "--timeout=60s", input=manifest, timeout=90)
     finally:
         if made_ns and os.environ.get("EFT_KEEP_CLUSTER") != "1":
             rc.kubectl("delete", "namespace", "ml-team", "--wait=false", check=False)

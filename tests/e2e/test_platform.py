@@ -13,7 +13,6 @@ their namespace only) then:
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 from tests.support.cluster import RELEASE, OPERATOR_NAMESPACE, namespace
 from tests.support.modules import load_file_module
 from tests.support.paths import REPO
+from tests.support.specs import quickstart_variant
 from tests.support.users import user_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
@@ -44,18 +44,6 @@ POLICY = {
 DEFAULT_POLICY = {"allowedRegistries": [], "allowImageOverrides": True, "allowCommandOverrides": True,
                   "defaultQueue": "", "maxGpusPerPod": None, "maxResources": {}, "stageDefaults": {},
                   "admission": {"enabled": True}}
-
-
-def quickstart(name: str, **changes) -> dict:
-    doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
-    doc["metadata"]["name"] = name
-    for dotted, value in changes.items():
-        node = doc["spec"]
-        *path, last = dotted.split(".")
-        for key in path:
-            node = node.setdefault(key, {})
-        node[last] = copy.deepcopy(value)
-    return doc
 
 
 def set_policy(rc, policy: dict) -> None:
@@ -105,16 +93,16 @@ def platform(real_cluster, eft_operator, tmp_path_factory):
 
 def test_the_tenant_is_refused_outside_its_namespace_and_outside_the_policy(platform):
     rc, alice, mine, other, _ = platform
-    refused = alice.apply(other, quickstart("elsewhere"))
+    refused = alice.apply(other, quickstart_variant("elsewhere"))
     print(f"\nalice in {other}: {refused.stderr.strip()}")
     assert refused.returncode != 0 and "Forbidden" in refused.stderr and "alice" in refused.stderr
-    foreign = alice.apply(mine, quickstart("foreign", **{"serving.image": "evil.example/server:1"}))
+    foreign = alice.apply(mine, quickstart_variant("foreign", **{"serving.image": "evil.example/server:1"}))
     print(f"alice, a foreign image: {foreign.stderr.strip()}")
     assert foreign.returncode != 0 and "not from an allowed registry (registry.corp/ml)" in foreign.stderr
-    command = alice.apply(mine, quickstart("command", **{"serving.command": ["/bin/sh", "-c", "env"]}))
+    command = alice.apply(mine, quickstart_variant("command", **{"serving.command": ["/bin/sh", "-c", "env"]}))
     print(f"alice, a serving command: {command.stderr.strip()}")
     assert command.returncode != 0 and "allowCommandOverrides is false" in command.stderr
-    gpus = alice.apply(mine, quickstart("gpus", **{"training.gpusPerNode": 1}))
+    gpus = alice.apply(mine, quickstart_variant("gpus", **{"training.gpusPerNode": 1}))
     assert gpus.returncode != 0 and "a pod would request 1 GPUs" in gpus.stderr
     assert alice.kubectl("get", "embeddingfinetunes", "-n", mine).returncode == 0
     assert alice.kubectl("get", "embeddingfinetunes", "-n", other).returncode != 0
@@ -140,12 +128,12 @@ def _stage_pod_intervals(rc, ns: str) -> list[tuple[float, float, str]]:
 
 def test_two_fine_tunes_share_one_queue_stage_by_stage(platform):
     rc, alice, mine, _, _ = platform
-    first = quickstart("first", **{
+    first = quickstart_variant("first", **{
         "workspace.accessModes": ["ReadWriteMany"], "serving.replicas": 2,
         "serving.resources": {"requests": {"cpu": "100m"}},
         "serving.autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3},
         "serving.networkPolicy": {"enabled": True, "allowedClients": {"matchLabels": {"eft-client": "true"}}}})
-    second = quickstart("second", **{"sdg.maxChunks": 60, "serving.enabled": False})
+    second = quickstart_variant("second", **{"sdg.maxChunks": 60, "serving.enabled": False})
     t0 = time.monotonic()
     for doc in (first, second):
         made = alice.apply(mine, doc)

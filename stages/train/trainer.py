@@ -121,10 +121,12 @@ class Trainer:
 
     def fit(self, scope: contextlib.ExitStack) -> None:
         """Train to the end of the plan (a fresh run validates the base model first)."""
+        # The handler goes in before the base model's validation: a SIGTERM during it (an eviction right after
+        # the pod started) then checkpoints at the first step instead of killing the run with nothing saved.
+        self.checkpoint_on_sigterm(scope)
         if self.resumed_from is None:
             self.announce()
             self.validate(0)
-        self.checkpoint_on_sigterm(scope)
         self.model.train()
         self.last_checkpoint = time.monotonic()
         self.steps = StepLog(self.state, total_steps=self.plan.total_steps, epochs=self.tr.epochs,

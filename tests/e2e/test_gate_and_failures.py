@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -115,7 +116,7 @@ def test_deleting_the_operator_and_the_train_pod_mid_run_loses_nothing(real_clus
             running = [p for p in pods if p["status"].get("phase") == "Running"]
             if running:
                 logs = rc.kubectl("logs", "-n", ns, running[0]["metadata"]["name"], check=False).stdout
-                if "steps over" in logs:
+                if re.search(r"step [1-9]\d*/\d+ epoch", logs):  # a step done, not only announced
                     train_pod = running[0]["metadata"]["name"]
                     break
             time.sleep(1)

@@ -36,6 +36,23 @@ def test_sigterm_checkpoints_at_the_next_step_and_stops(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler is back
 
 
+def test_sigterm_during_the_base_models_validation_still_checkpoints(tmp_path, monkeypatch):
+    """An eviction right after the pod started (the base model is being scored) must not lose the run: the
+    signal is caught from the start, so the first step checkpoints and the retry resumes."""
+    validate = Trainer.validate
+
+    def terminate_while_validating_the_base(self, epoch):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return validate(self, epoch)
+
+    monkeypatch.setattr(Trainer, "validate", terminate_while_validating_the_base)
+    ws = write_prepare(tmp_path / "ws")
+    with pytest.raises(StageFailed, match="terminated by signal; checkpoint saved at step 1"):
+        execute_stage(make_spec(epochs=1), ws, "train", settings=StageSettings(device="cpu"))
+    assert checkpoint_step(ws) == 1
+
+
 @pytest.mark.parametrize(("seconds", "expected"), [(0.0, 2), (600.0, None)])
 def test_checkpoints_follow_the_seconds_setting(tmp_path, seconds, expected):
     ws = write_prepare(tmp_path / "ws")

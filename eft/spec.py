@@ -253,10 +253,19 @@ class SDGSpec(SpecModel):
 class SplitSpec(SpecModel):
     validation: float = Field(default=0.05, ge=0.0, lt=1.0, description="Fraction of questions for validation.")
     test: float = Field(default=0.1, gt=0.0, lt=1.0, description="Fraction of questions for the test split.")
+    by: Literal["chunk", "question"] = Field(
+        default="chunk",
+        description="'chunk': questions that share a positive passage (a chunk, or an exact copy of its text) go "
+        "to the same split, multi-hop questions joining their chunks' groups, so no validation or test positive "
+        "is ever a training positive and the synthetic scores predict unseen queries. 'question': each question "
+        "is placed on its own; sibling questions of one chunk then land on both sides, and the test split "
+        "measures partly what training memorised (prepare/stats.json and evaluate/metrics.json count it).",
+    )
     seed: int = Field(
         default=42,
-        description="Random seed of the shuffle that assigns questions to the splits; it also draws the random "
-        "passages that pad missing hard negatives (mining.fewerThanNegatives 'pad-random').",
+        description="Random seed of the shuffle that assigns questions (or, with by 'chunk', groups of questions) "
+        "to the splits; it also draws the random passages that pad missing hard negatives "
+        "(mining.fewerThanNegatives 'pad-random').",
     )
 
     cel_rules = (CelRule("self.validation + self.test < 0.9",
@@ -382,17 +391,31 @@ class GateSpec(SpecModel):
     override: bool = Field(default=False, description="Ship even when the gate fails (recorded in status).")
 
 
+RESERVED_DATASET_NAMES = ("test", "gate", "datasets", "seenInTraining")  # the other keys of metrics.json
+
+
 class EvalDatasetSpec(SpecModel):
     # No docstring: kubectl explain would append it (the list's items) to evaluation.datasets' description.
     name: str = Field(
         min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
         description="Short name of the dataset, unique among the datasets: its key in metrics.json and the "
-        "evaluation report ('test' and 'gate' are reserved).",
+        "evaluation report ('test', 'gate', 'datasets' and 'seenInTraining' are reserved).",
     )
     path: str = Field(min_length=1, description="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")
     split: str = Field(
         default="test", min_length=1, description="Split of the judgements to evaluate: qrels/<split>.tsv in `path`."
     )
+
+    cel_rules = (CelRule("!(self.name in ['test', 'gate', 'datasets', 'seenInTraining'])",
+                         "the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved (other keys of "
+                         "evaluate/metrics.json)", mirrors="_not_reserved"),)
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> EvalDatasetSpec:
+        if self.name in RESERVED_DATASET_NAMES:
+            raise ValueError("the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved (other keys of "
+                             "evaluate/metrics.json)")
+        return self
 
 
 class EvaluationSpec(SpecModel):

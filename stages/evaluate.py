@@ -16,7 +16,8 @@ succeeds either way (a pod exits 0, so a Job never retries a measurement), write
 reports the verdict (eft.stage_reports.EvaluateReport); whoever runs the pipeline then stops before
 export when the report blocks shipping, and the export stage itself refuses such a model.
 
-Outputs: metrics.json ({"test": {"base": {...}, "tuned": {...}}, "<dataset>": {...}, "gate": {...}}),
+Outputs: metrics.json ({"test": {"base": {...}, "tuned": {...}}, "<dataset>": {...}, "gate": {...},
+"seenInTraining": how many synthetic test positives were training positives}),
 metrics.md (base vs tuned vs delta per dataset) and metrics.png (bar chart).
 """
 
@@ -31,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from eft.pipeline import StageContext, StageFailed
+from eft.spec import RESERVED_DATASET_NAMES
 from eft.stage_reports import EvaluateReport
 from eft.workspace import StageResult, read_json, write_json_atomic
 
 log = logging.getLogger("eft.evaluate")
 
 TEST = "test"
-RESERVED = {TEST, "gate"}
+RESERVED = set(RESERVED_DATASET_NAMES)  # the other keys of metrics.json
 
 
 @dataclass
@@ -75,6 +77,26 @@ def load_eval_sets(prepare_dir: Path, datasets) -> list[EvalSet]:
     if len(set(names)) != len(names):
         raise _fail(f"evaluation.datasets names must be unique, got {names}")
     return sets
+
+
+def seen_in_training(beir: Path, test: Any) -> dict[str, int] | None:
+    """How many of the synthetic test split's positives were training positives (prepare/beir's train qrels),
+    counting copies of a passage's text under other ids as the same passage. 0 under split.by 'chunk'; None
+    for a prepare folder without train judgements."""
+    from eft import metrics
+    from eft.stages.splits import seen_in_training as count
+    from eft.textutil import content_id
+
+    def key(pid: str) -> str:
+        return content_id(metrics.doc_text(test.corpus[pid])) if pid in test.corpus else pid
+
+    if not (beir / "qrels" / "train.tsv").is_file():
+        return None
+    train = metrics.positive_judgements(beir / "qrels" / "train.tsv")
+    held_out = {q: [d for d, g in docs.items() if g > 0] for q, docs in test.qrels.items()}
+    positives = {**{f"train:{q}": v for q, v in train.items()}, **{f"test:{q}": v for q, v in held_out.items()}}
+    splits = {"train": [f"train:{q}" for q in train], "dev": [], "test": [f"test:{q}" for q in held_out]}
+    return count(splits, positives, key)["test"]
 
 
 def evaluate_model(model, sets: list[EvalSet], k_values: list[int], qprefix: str, pprefix: str,
@@ -158,11 +180,20 @@ def render_markdown(m: dict[str, Any]) -> str:
             rel = relative_change(b, t)
             lines.append(f"| {metric} | {b:.4f} | {t:.4f} | {'n/a' if math.isinf(rel) else f'{rel * 100:+.1f}%'} |")
         lines.append("")
+        if name == TEST and m.get("seenInTraining"):
+            lines += [seen_line(m["seenInTraining"]), ""]
     g = m.get("gate")
     if g:
         extra = " (override: shipped anyway)" if g["status"] == "overridden" else ""
         lines.append(f"**Quality gate {g['status']}**{extra}: {gate_line(g)}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def seen_line(seen: dict[str, int]) -> str:
+    warn = "" if not seen["positivesSeenInTraining"] else (
+        " (the test split partly measures what training memorised: split.by 'chunk' keeps them apart)")
+    return (f"Test positives seen in training: {seen['positivesSeenInTraining']} of {seen['positives']} passages; "
+            f"{seen['questionsWithSeenPositive']} of {seen['questions']} test questions have one{warn}.")
 
 
 def _plot(path: Path, m: dict[str, Any]) -> None:
@@ -227,6 +258,9 @@ def run(ctx: StageContext) -> StageResult:
     gate = compute_gate(results, gate_ds, ev.gate)
     m: dict[str, Any] = dict(results)
     m["gate"] = gate
+    seen = seen_in_training(prep / "beir", sets[0].data)
+    if seen is not None:
+        m["seenInTraining"] = seen
     m["datasets"] = {s.name: {"description": s.description, "queries": len(s.data.queries),
                               "documents": len(s.data.corpus), "judgements": s.data.num_judgements} for s in sets}
     md = write_outputs(ctx.out, m)
@@ -250,7 +284,7 @@ def run(ctx: StageContext) -> StageResult:
         "tuned_ndcg@10": _round(results[gate_ds]["tuned"].get("ndcg@10")),
         "gate": gate["status"],
     }
-    details = {"gate": gate, "kValues": k_values, "testNdcg@10": {
+    details = {"gate": gate, "kValues": k_values, "testSeenInTraining": seen, "testNdcg@10": {
         "base": test["base"].get("ndcg@10"), "tuned": test["tuned"].get("ndcg@10")}}
     return StageResult(counts=counts, details=details, summary=report.line())
 

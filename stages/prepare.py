@@ -1,4 +1,4 @@
-"""prepare: split questions, embed with the base model, mine hard negatives, unroll multi-hop questions.
+"""prepare: split questions (eft.stages.splits), embed with the base model, mine hard negatives, unroll multi-hop questions.
 
 Outputs (see docs): train.jsonl (one row per question x positive, sharing the question's negatives),
 beir/ (corpus.jsonl, queries.jsonl, qrels/{train,dev,test}.tsv) and stats.json.
@@ -18,26 +18,9 @@ import numpy as np
 from eft.models import load_sentence_model, pick_device
 from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
 from eft.stages.mining import mine
+from eft.stages.splits import SPLITS, SplitPlan, seen_in_training, split_by_chunk, split_questions
 from eft.textutil import content_id, passage_text
 from eft.workspace import StageResult, write_json_atomic
-
-SPLITS = ("train", "dev", "test")
-
-
-def split_questions(qids: list[str], validation: float, test: float, seed: int) -> dict[str, list[str]]:
-    """Split by question id (never by row), deterministically for a seed.
-
-    At least one test question whenever there are 3 or more questions, so evaluation always has data.
-    """
-    order = sorted(qids)
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    n_test = max(1, round(n * test)) if n >= 3 else 0
-    n_dev = round(n * validation) if n >= 3 else 0
-    if validation > 0 and n >= 20:
-        n_dev = max(1, n_dev)
-    return {"test": order[:n_test], "dev": order[n_test : n_test + n_dev], "train": order[n_test + n_dev :]}
-
 
 def _write_jsonl(path: Path, rows) -> int:
     n = 0
@@ -81,8 +64,8 @@ def run(ctx: StageContext) -> StageResult:
     by_id: dict[str, dict] = {}
     for q in usable:
         by_id.setdefault(q["_id"], q)  # duplicated ids: keep the first
-    splits = split_questions(list(by_id), spec.split.validation, spec.split.test, spec.split.seed)
-    ctx.progress(", ".join(f"{s} {len(splits[s])}" for s in SPLITS) + " questions")
+    plan = _split(ctx, corpus, row_of, by_id)
+    splits = plan.splits
 
     train_qs = [by_id[q] for q in splits["train"]]
     p_emb, q_emb = _embed(ctx, corpus, train_qs)
@@ -100,6 +83,8 @@ def run(ctx: StageContext) -> StageResult:
     _write_beir(ctx.out / "beir", corpus, by_id, splits)
     stats = {
         "questions": {s: len(splits[s]) for s in SPLITS},
+        "split": {**plan.describe(), "seenInTraining": seen_in_training(
+            splits, {q: by_id[q]["positives"] for q in by_id}, _text_key(corpus, row_of))},
         "questionsWithoutPositiveInCorpus": unknown_positive,
         "trainRows": n_rows,
         "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
@@ -113,6 +98,25 @@ def run(ctx: StageContext) -> StageResult:
         details=stats,
         summary=f"{n_rows} training rows, {len(splits['test'])} test questions",
     )
+
+
+def _text_key(corpus: list[dict], row_of: dict[str, int]):
+    """Passage id -> what makes two passages the same: their text (copies under other ids are one passage)."""
+    return lambda pid: content_id(passage_text(corpus[row_of[pid]]))
+
+
+def _split(ctx: StageContext, corpus: list[dict], row_of: dict[str, int], by_id: dict[str, dict]) -> SplitPlan:
+    sp = ctx.spec.split
+    if sp.by == "question":
+        plan = SplitPlan(split_questions(list(by_id), sp.validation, sp.test, sp.seed), by="question")
+    else:
+        plan = split_by_chunk({q: by_id[q]["positives"] for q in by_id}, _text_key(corpus, row_of),
+                              sp.validation, sp.test, sp.seed)
+    if plan.fallback:
+        ctx.progress(f"warning: {plan.fallback}")
+    groups = f" ({plan.groups} groups of questions sharing passages)" if plan.groups else ""
+    ctx.progress(", ".join(f"{s} {len(plan.splits[s])}" for s in SPLITS) + f" questions, split by {plan.by}{groups}")
+    return plan
 
 
 def _usable_questions(questions: list[dict], row_of: dict[str, int]) -> tuple[list[dict], int]:

@@ -170,7 +170,8 @@ def test_every_mirrored_rule_has_an_invalid_case():
         for r in block.cel_rules:
             if r.mirrors:
                 field = "." + block.model_fields[r.field].alias if r.field else ""
-                where = f"spec.{path}{field}{r.field_path or ''}"
+                # a rule on a list's items is reported at the first item, where the INVALID cases put it
+                where = f"spec.{path}{field}{r.field_path or ''}".replace("[]", "[0]")
                 assert where in invalid_paths, f"{block.__name__}.{r.mirrors}: add an INVALID case for {where}"
 
 
@@ -189,6 +190,8 @@ INVALID = [
     ({"corpus": {"chunking": {"maxTokens": 64, "overlapTokens": 64}}}, "spec.corpus.chunking.overlapTokens", True),
     ({"corpus": {"existingClaim": "a", "configMap": "b"}}, "spec.corpus.configMap", True),
     ({"split": {"validation": 0.5, "test": 0.4}}, "spec.split", True),
+    ({"split": {"by": "row"}}, "spec.split.by", True),
+    ({"evaluation": {"datasets": [{"name": "seenInTraining", "path": "/data"}]}}, "spec.evaluation.datasets[0]", True),
     ({"mining": {"negatives": 10, "candidates": 5}}, "spec.mining.candidates", True),
     ({"evaluation": {"k": [1, 5], "gate": {"metric": "ndcg@10"}}}, "spec.evaluation.gate.metric", True),
     ({"evaluation": {"gate": {"metric": "bleu@10"}}}, "spec.evaluation.gate.metric", True),

@@ -137,6 +137,8 @@ def workspace_with_worse_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ws")
     write_beir(root / "prepare" / "beir", dict(list(QUERIES.items())[:4]))
+    with open(root / "prepare" / "beir" / "qrels" / "train.tsv", "w") as f:  # d-paris is also a test positive
+        f.write("query-id\tcorpus-id\tscore\nr1\td-paris\t1\nr1\td-tea\t1\nr2\td-violin\t1\n")
     write_manifest(root / "prepare", "prepare")
     model = load_sentence_model(device="cpu")
     emb = model[0].auto_model.get_input_embeddings().weight
@@ -176,7 +178,9 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     m = execute_stage(spec_with(ws, override=True), ws, "evaluate")
     out = ws.stage_dir("evaluate")
     data = json.loads((out / "metrics.json").read_text())
-    assert set(data) == {"test", "human", "gate", "datasets"}
+    assert set(data) == {"test", "human", "gate", "datasets", "seenInTraining"}
+    assert data["seenInTraining"] == {"questions": 4, "questionsWithSeenPositive": 1, "positives": 4,
+                                      "positivesSeenInTraining": 1}
     assert set(data["test"]) == {"base", "tuned"}
     assert set(data["human"]["base"]) == {f"{m_}@{k}" for m_ in ("ndcg", "recall", "map", "precision") for k in (1, 10)}
     g = data["gate"]
@@ -190,6 +194,7 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     assert (out / "metrics.png").stat().st_size > 1000
     table = evaluate.report(out)
     assert "| ndcg@10 |" in table and "### human" in table and "Quality gate overridden" in table
+    assert "Test positives seen in training: 1 of 4 passages; 1 of 4 test questions have one" in table
     assert (out / "metrics.md").read_text() in table
 
 

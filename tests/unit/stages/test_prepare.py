@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from eft.stages.mining import margin_threshold, mine
-from eft.stages.prepare import split_questions
+from eft.stages.splits import split_by_chunk, split_questions
 
 from eft.pipeline import execute_stage
 from eft.spec import parse_document
@@ -75,16 +75,6 @@ def test_excluded_rows_never_become_negatives():
     q, p = scores_to_embeddings([0.8, 0.5, 0.4, 0.3])
     [m] = mine(q, p, [[0]], n_negatives=2, candidates=3, margin=0.95, excluded=[{1}])
     assert m.negatives == [2, 3]
-
-
-def test_split_is_deterministic_and_disjoint():
-    qids = [f"q{i}" for i in range(200)]
-    a = split_questions(qids, 0.05, 0.1, 42)
-    b = split_questions(list(reversed(qids)), 0.05, 0.1, 42)
-    assert a == b
-    assert (len(a["test"]), len(a["dev"]), len(a["train"])) == (20, 10, 170)
-    assert not (set(a["test"]) & set(a["dev"])) and not (set(a["train"]) & set(a["test"]))
-    assert split_questions(qids, 0.05, 0.1, 7) != a
 
 
 # --- the stage on a tiny workspace ---------------------------------------------------------------
@@ -160,9 +150,40 @@ def test_prepare_stage_outputs(tiny):
     assert len(corpus_ids) == 21
 
 
-def test_multi_hop_question_unrolls_into_rows_sharing_negatives(tiny):
+def split_of(d) -> dict[str, str]:
+    return {q: s for s in ("train", "dev", "test") for q, _, _ in read_qrels(d / "beir" / "qrels" / f"{s}.tsv")}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_default_split_keeps_a_multi_hop_question_with_its_chunks_questions(tiny, seed):
+    d, _, stats = run_prepare(tiny, split={"validation": 0.1, "test": 0.2, "seed": seed})
+    where = split_of(d)
+    assert where["multi"] == where["q0"] == where["q1"]
+    assert stats["split"]["by"] == "chunk" and stats["split"]["groups"] == 19 and stats["split"]["largestGroup"] == 3
+    seen = stats["split"]["seenInTraining"]
+    assert seen["test"]["positivesSeenInTraining"] == seen["dev"]["positivesSeenInTraining"] == 0
+    assert seen["test"]["questions"] == stats["questions"]["test"] > 0
+
+
+def test_the_question_split_reports_the_test_positives_it_leaks(tiny):
+    # q0 and multi share d0: some seed puts one in train and the other in test, and the stats say so
     qids = [f"q{i}" for i in range(len(TOPICS))] + ["multi"]
-    seed = next(s for s in range(100) if "multi" in split_questions(qids, 0.1, 0.2, s)["train"])
+
+    def leaks(seed):
+        sp = split_questions(qids, 0.1, 0.2, seed)
+        return "multi" in sp["test"] and {"q0", "q1"} & set(sp["train"])
+
+    seed = next(s for s in range(200) if leaks(s))
+    d, _, stats = run_prepare(tiny, split={"validation": 0.1, "test": 0.2, "seed": seed, "by": "question"})
+    assert split_of(d)["multi"] == "test"
+    seen = stats["split"]["seenInTraining"]["test"]
+    assert stats["split"] == {"by": "question", "seenInTraining": stats["split"]["seenInTraining"]}
+    assert seen["questionsWithSeenPositive"] >= 1 and seen["positivesSeenInTraining"] >= 1
+
+
+def test_multi_hop_question_unrolls_into_rows_sharing_negatives(tiny):
+    positives = {f"q{i}": [f"d{i}"] for i in range(len(TOPICS))} | {"multi": ["d0", "d1"]}
+    seed = next(s for s in range(100) if "multi" in split_by_chunk(positives, str, 0.1, 0.2, s).splits["train"])
     efr = parse_document({"split": {"validation": 0.1, "test": 0.2, "seed": seed},
                           "mining": {"negatives": 3, "candidates": 10}})
     execute_stage(efr, tiny, "prepare")

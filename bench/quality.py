@@ -1,20 +1,24 @@
 """Retrieval quality of the recipe on a BEIR dataset, measured on the dataset's HUMAN test queries.
 
-    python bench/quality.py ../shared/datasets/nfcorpus [--mode supplied|offline|both] [--workspace DIR]
+    python bench/quality.py ../shared/datasets/nfcorpus [--mode supplied|offline|both] [--settings product|bench]
 
-Modes
-  supplied  the dataset's corpus becomes ingest/corpus.jsonl and its human TRAIN queries + qrels become
-            sdg/questions.jsonl (positives = every relevant document), both written as stage folders under
-            the workspace contract (manifests); then prepare -> train -> evaluate.
-  offline   ingest + offline SDG generate questions from the dataset's corpus alone (no human labels);
-            then prepare -> train -> evaluate.
-Both pass the dataset's test split as an evaluation.datasets entry, so the evaluate stage reports it and
-gates on it. Stages already up to date in the workspace are reused unless --force.
+Both modes run the spec of examples/nfcorpus.yaml (its three paths pointed at the dataset given) through every
+stage up to evaluate, as `eft run` would:
+  supplied  the dataset's human TRAIN queries are the questions (spec.queries, queries.use 'only'); the gate is
+            judged on the human test queries (the spec's default: the first evaluation.datasets entry).
+  offline   the offline generator writes questions from the corpus alone (no human labels); the gate is judged
+            on the synthetic test split alone (evaluation.gate.dataset 'test') and the human test queries only
+            measure, so the two verdicts can be compared.
+--settings product (the default) keeps every training setting at the spec's default; --settings bench applies the
+bench's own settings below (and the flags). Stages already up to date in the workspace are reused unless --force.
 
-Defaults (every setting used is printed; flags override): batch 64, 2 epochs, lr 5e-5, temperature 0.05, in-batch
-negatives; on a GPU maxSeqLength 256 with 4 hard negatives per row and at most 4 rows (positives) per question
-per epoch; on a CPU maxSeqLength 128, in-batch negatives only and at most 8 rows per question (the same
-number of passages encoded costs a CPU ~3x more than 4 negatives would).
+Bench settings (--settings bench; every setting used is printed; flags override): batch 64, 2 epochs, lr 5e-5,
+temperature 0.05, in-batch negatives; on a GPU maxSeqLength 256 with 4 hard negatives per row and at most 4 rows
+(positives) per question per epoch; on a CPU maxSeqLength 128, in-batch negatives only and at most 8 rows per
+question (the same number of passages encoded costs a CPU ~3x more than 4 negatives would).
+
+The figures below were measured before supplied mode went through the product (the bench then wrote the
+dataset's documents as unchunked ingest output and its queries as sdg output itself) and before the chunk split.
 
 Measured on NFCorpus, supplied mode, one NVIDIA H200, maxSeqLength 256, batch 64 (base nDCG@10 0.3159;
 bench/results/2026-11-27-h200-quality-sweep.txt):
@@ -48,9 +52,7 @@ from pathlib import Path
 import argparse
 import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 
 
 # The training recipe the bench uses unless flags say otherwise (measured on NFCorpus; see the module docstring).
@@ -60,75 +62,33 @@ DEFAULTS = {"max_seq_length": 128, "negatives": 0, "batch_size": "64", "epochs":
 GPU_OVERRIDES = {"max_seq_length": 256, "negatives": 4, "max_rows_per_question": 4}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def build_spec(dataset: Path, mode: str, s: dict | None):
+    """The spec of one mode: examples/nfcorpus.yaml with its three paths pointing at ``dataset`` (supplied), or
+    the same with the offline generator instead of supplied queries, gated on its synthetic split alone (the
+    human test queries only measure). ``s``: the bench's training settings, or None for the product's
+    defaults."""
+    import copy
 
+    import yaml
 
-def publish_supplied(ws, name: str, fill, counts: dict, source: str) -> None:
-    """Write a stage folder the way eft.pipeline.execute_stage does (temp folder, manifest, atomic swap)."""
-    from eft.workspace import MANIFEST, combined_digest, digest_tree, write_json_atomic
-
-    started, t0 = _now(), time.perf_counter()
-    tmp = ws.new_tmp_dir(name)
-    fill(tmp)
-    outputs = digest_tree(tmp)
-    write_json_atomic(tmp / MANIFEST, {
-        "stage": name, "status": "succeeded", "fingerprint": {"supplied": source},
-        "outputs": outputs, "outputsDigest": combined_digest(outputs), "counts": counts,
-        "details": {"supplied": source}, "summary": f"supplied by bench/quality.py from {source}",
-        "startedAt": started, "finishedAt": _now(), "seconds": round(time.perf_counter() - t0, 3),
-        "versions": {}, "host": platform.node(),
-    })
-    ws.publish(name, tmp)
-
-
-def write_supplied_stages(ws, dataset: Path) -> dict:
-    """ingest/corpus.jsonl from the dataset's corpus, sdg/questions.jsonl from its human train split."""
-    from eft.metrics import load_beir
-
-    train = load_beir(dataset, "train")
-    doc_ids = list(train.corpus)
-
-    def ingest(out: Path) -> None:
-        with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
-            for d in doc_ids:
-                doc = train.corpus[d]
-                f.write(json.dumps({"_id": d, "title": doc.get("title") or "", "text": doc.get("text") or "",
-                                    "metadata": {"source": f"{dataset.name}/corpus.jsonl#{d}", "position": 0}},
-                                   ensure_ascii=False) + "\n")
-
-    questions = []
-    for q, rels in train.qrels.items():
-        pos = [d for d, g in rels.items() if g > 0 and d in train.corpus]
-        if pos:
-            questions.append({"_id": q, "text": train.queries[q], "hops": 1, "positives": pos, "score": 10,
-                              "backend": "supplied"})
-
-    def sdg(out: Path) -> None:
-        with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(x, ensure_ascii=False) + "\n" for x in questions)
-
-    publish_supplied(ws, "ingest", ingest, {"chunks": len(doc_ids)}, f"{dataset}/corpus.jsonl")
-    publish_supplied(ws, "sdg", sdg, {"questions": len(questions)}, f"{dataset}/qrels/train.tsv")
-    return {"documents": len(doc_ids), "questions": len(questions),
-            "positives": sum(len(x["positives"]) for x in questions)}
-
-
-def build_spec(dataset: Path, mode: str, s: dict):
     from eft.spec import parse_document
 
-    batch = s["batch_size"] if s["batch_size"] == "auto" else int(s["batch_size"])
-    spec = {
-        "baseModel": {"maxSeqLength": s["max_seq_length"]},
-        "mining": {"negatives": s["negatives"]},
-        "training": {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"], "temperature": s["temperature"],
-                     "maxRowsPerQuestion": s["max_rows_per_question"] or None, "compile": s["compile"],
-                     **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})},
-        "evaluation": {"datasets": [{"name": dataset.name, "path": str(dataset), "split": "test"}]},
-    }
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "nfcorpus.yaml").read_text())
+    spec = copy.deepcopy(doc["spec"])
+    spec["corpus"]["path"] = str(dataset)
+    spec["queries"]["path"] = str(dataset)
+    spec["evaluation"]["datasets"] = [{"name": dataset.name, "path": str(dataset), "split": "test"}]
     if mode == "offline":
-        spec["corpus"] = {"path": str(dataset), "include": ["corpus.jsonl"]}
+        del spec["queries"]
         spec["sdg"] = {"backend": "offline"}
+        spec["evaluation"]["gate"] = {"dataset": "test"}
+    if s is not None:
+        batch = s["batch_size"] if s["batch_size"] == "auto" else int(s["batch_size"])
+        spec["baseModel"] = {"maxSeqLength": s["max_seq_length"]}
+        spec["mining"] = {"negatives": s["negatives"]}
+        spec["training"] = {"batchSize": batch, "epochs": s["epochs"], "learningRate": s["lr"],
+                            "temperature": s["temperature"], "maxRowsPerQuestion": s["max_rows_per_question"] or None,
+                            "compile": s["compile"], **({"maxSteps": s["max_steps"]} if s["max_steps"] else {})}
     return parse_document({"metadata": {"name": f"bench-{mode}"}, "spec": spec})
 
 
@@ -142,15 +102,7 @@ def run_mode(dataset: Path, mode: str, root: Path, settings: dict, force: bool) 
     efr = build_spec(dataset, mode, settings)
     times: dict[str, float | str] = {}
     print(f"\n== {mode}: workspace {ws.root}", flush=True)
-    if mode == "supplied":
-        t0 = time.perf_counter()
-        info = write_supplied_stages(ws, dataset)
-        times["supply"] = time.perf_counter() - t0
-        print(f"  supplied: {info['documents']} documents, {info['questions']} human train questions, "
-              f"{info['positives']} (question, relevant document) pairs", flush=True)
-        stages = ["prepare", "train", "evaluate"]
-    else:
-        stages = ["ingest", "sdg", "prepare", "train", "evaluate"]
+    stages = ["ingest", "sdg", "prepare", "train", "evaluate"]
     failure = None
     for st in stages:
         if not force and is_up_to_date(efr, ws, st):
@@ -176,6 +128,18 @@ def run_mode(dataset: Path, mode: str, root: Path, settings: dict, force: bool) 
             "train": train_m.get("counts", {}), "trainDetails": train_m.get("details", {})}
 
 
+def _delta(res: dict, metric: str) -> str:
+    b, t = res["base"][metric], res["tuned"][metric]
+    rel = (t - b) / b * 100 if b else float("nan")
+    return f"{b:.4f}->{t:.4f} {rel:+.1f}%"
+
+
+def _gate(g: dict) -> str:
+    verdict = {"passed": "passed: tuned model ships", "failed": "failed: base model kept"}.get(g.get("status"),
+                                                                                           g.get("status", "?"))
+    return f"{verdict} (judged on {g.get('dataset', '?')})"
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -194,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rows-per-question", type=int, help="cap one question's training rows per epoch "
                     "(training.maxRowsPerQuestion); 0 = no cap")
     ap.add_argument("--compile", choices=("auto", "always", "never"), help="training.compile (default auto)")
+    ap.add_argument("--settings", choices=("product", "bench"), default="product",
+                    help="product: the spec's own defaults (examples/nfcorpus.yaml as it is; training flags are "
+                    "refused); bench: the bench's training settings below, changed by the flags")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     args = ap.parse_args(argv)
@@ -206,22 +173,29 @@ def main(argv=None) -> int:
     if device == "cpu":
         torch.set_num_threads(args.threads)
     settings = {**DEFAULTS, **(GPU_OVERRIDES if device.startswith("cuda") else {})}
-    for key in settings:
-        v = getattr(args, key)
-        if v is not None:
-            settings[key] = v
+    given = [k for k in settings if getattr(args, k) is not None]
+    if args.settings == "product" and given:
+        ap.error(f"--settings product runs the spec's defaults; {', '.join('--' + k.replace('_', '-') for k in given)} "
+                 "needs --settings bench")
+    for key in given:
+        settings[key] = getattr(args, key)
     if settings["max_steps"] == 0:
         settings["max_steps"] = None
+    if args.settings == "product":
+        settings = None
     root = (args.workspace or Path("eft-workspace") / f"bench-{dataset.name}").resolve()
     dev_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"bench/quality: {dataset.name}, device {dev_name}")
-    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+    print("settings: " + ("the product's defaults (examples/nfcorpus.yaml)" if settings is None else
+                          ", ".join(f"{k}={v}" for k, v in settings.items())), flush=True)
 
     modes = ["supplied", "offline"] if args.mode == "both" else [args.mode]
     results = [run_mode(dataset, m, root, settings, args.force) for m in modes]
 
-    print(f"\n== results on {dataset.name} human test queries (exact cosine search; base = bundled model)")
-    header = f"{'mode':9s} {'base nDCG@10':>12s} {'tuned nDCG@10':>13s} {'delta':>7s} {'base R@10':>9s} {'tuned R@10':>10s}  gate"
+    print(f"\n== {dataset.name}: the synthetic test split's verdict beside the human test queries' (exact cosine "
+          "search; base = bundled model)")
+    header = (f"{'mode':9s} {'synthetic nDCG@10':>21s} {'seen':>5s} {'human nDCG@10':>21s} {'human R@10':>17s}  "
+              "gate")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -229,12 +203,10 @@ def main(argv=None) -> int:
         if not m or dataset.name not in m:
             print(f"{r['mode']:9s} no metrics: {r['failure']}")
             continue
-        b, t = m[dataset.name]["base"], m[dataset.name]["tuned"]
-        rel = (t["ndcg@10"] - b["ndcg@10"]) / b["ndcg@10"] * 100 if b["ndcg@10"] else float("nan")
-        gate = m.get("gate", {}).get("status", "?")
-        gate = {"passed": "passed: tuned model ships", "failed": "failed: base model kept"}.get(gate, gate)
-        print(f"{r['mode']:9s} {b['ndcg@10']:12.4f} {t['ndcg@10']:13.4f} {rel:+6.1f}% {b['recall@10']:9.4f} "
-              f"{t['recall@10']:10.4f}  {gate}")
+        print(f"{r['mode']:9s} {_delta(m['test'], 'ndcg@10'):>21s} "
+              f"{(m.get('seenInTraining') or {}).get('positivesSeenInTraining', '?'):>5} "
+              f"{_delta(m[dataset.name], 'ndcg@10'):>21s} {_delta(m[dataset.name], 'recall@10'):>17s}  "
+              f"{_gate(m.get('gate', {}))}")
     print("\nstage wall times (s):")
     for r in results:
         parts = [f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["times"].items()]

@@ -188,6 +188,54 @@ class CorpusSpec(SpecModel):
         return self
 
 
+class QueriesSpec(SpecModel):
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Real queries with their relevant passages, used as training questions: a BEIR folder "
+        "(queries.jsonl and qrels/<split>.tsv; its qrels name corpus ids), or a .jsonl file whose rows are "
+        "{\"query\": text, \"ids\": [...]} and/or {\"query\": text, \"passages\": [text, ...]}. An id "
+        "names a chunk, a corpus file (its path relative to corpus.path) or a row of a .jsonl corpus (its _id): "
+        "every chunk of that document is a positive. A passage text names the chunk with that text, else the "
+        "chunks containing it. Local path, object-store or HTTP URL, or a path inside `existingClaim`. Unset: "
+        "no supplied queries.",
+    )
+    split: str = Field(default="train", min_length=1,
+                       description="With a BEIR folder: the judgements to use, qrels/<split>.tsv.")
+    use: Literal["only", "withGenerated"] = Field(
+        default="only",
+        description="'only': the supplied queries are the questions and nothing is generated (no LLM calls). "
+        "'withGenerated': they are added to what sdg generates, each query counting as one question like a "
+        "generated one; both are split together by prepare (split.by).",
+    )
+    existing_claim: ObjectName | None = Field(
+        default=None, description="PVC holding the queries (cluster only), mounted read-only into the sdg pod."
+    )
+    config_map: ObjectName | None = Field(
+        default=None, description="ConfigMap holding a .jsonl query file (cluster only), mounted read-only into "
+        "the sdg pod: `path` is its key.",
+    )
+
+    cel_rules = (CelRule("!has(self.existingClaim) || !has(self.configMap)",
+                         "set at most one of existingClaim and configMap", field_path=".configMap",
+                         mirrors="_one_source"),
+                 CelRule("has(self.path) || (!has(self.existingClaim) && !has(self.configMap))",
+                         "existingClaim and configMap need path (the queries inside them)", field_path=".path",
+                         mirrors="_source_needs_path"))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QueriesSpec:
+        if self.existing_claim and self.config_map:
+            raise ValueError("set at most one of existingClaim and configMap")
+        return self
+
+    @model_validator(mode="after")
+    def _source_needs_path(self) -> QueriesSpec:
+        if (self.existing_claim or self.config_map) and not self.path:
+            raise ValueError("existingClaim and configMap need path (the queries inside them)")
+        return self
+
+
 class OpenAISpec(SpecModel):
     base_url: str = Field(
         default="http://localhost:8000/v1",
@@ -389,6 +437,12 @@ class GateSpec(SpecModel):
         default=0.0, ge=-1.0, le=10.0, description="Required (tuned - base) / base; 0 = must not be worse."
     )
     override: bool = Field(default=False, description="Ship even when the gate fails (recorded in status).")
+    dataset: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Where the gate is measured: 'test' (the synthetic test split) or the name of an "
+        "evaluation.datasets entry. Unset: the first datasets entry when there is one, else 'test'. Judging on "
+        "'test' while a human-labelled set only measures shows what the gate would decide without human labels.",
+    )
 
 
 RESERVED_DATASET_NAMES = ("test", "gate", "datasets", "seenInTraining")  # the other keys of metrics.json
@@ -397,7 +451,7 @@ RESERVED_DATASET_NAMES = ("test", "gate", "datasets", "seenInTraining")  # the o
 class EvalDatasetSpec(SpecModel):
     # No docstring: kubectl explain would append it (the list's items) to evaluation.datasets' description.
     name: str = Field(
-        min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+        min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$",
         description="Short name of the dataset, unique among the datasets: its key in metrics.json and the "
         "evaluation report ('test', 'gate', 'datasets' and 'seenInTraining' are reserved).",
     )
@@ -423,10 +477,11 @@ class EvaluationSpec(SpecModel):
     gate: GateSpec = Field(
         default_factory=GateSpec,
         description="Quality gate: the tuned model is exported and served only when it passes (or `override` is "
-        "set). It is measured on the first of `datasets` when there is one, else on the synthetic test split.",
+        "set). It is measured on `gate.dataset`; by default the first of `datasets` when there is one, else the "
+        "synthetic test split.",
     )
     datasets: list[EvalDatasetSpec] = Field(
-        default_factory=list, description="Extra human-labelled BEIR datasets to evaluate on."
+        default_factory=list, max_length=16, description="Extra human-labelled BEIR datasets to evaluate on."
     )
 
     @field_validator("k")
@@ -438,7 +493,19 @@ class EvaluationSpec(SpecModel):
 
     cel_rules = (CelRule("int(self.gate.metric.split('@')[1]) in self.k",
                          "the gate metric's k (e.g. 10 in ndcg@10) must be one of evaluation.k",
-                         field_path=".gate.metric", mirrors="_gate_k_measured"),)
+                         field_path=".gate.metric", mirrors="_gate_k_measured"),
+                 CelRule("!has(self.gate.dataset) || self.gate.dataset == 'test' || "
+                         "(has(self.datasets) && self.datasets.exists(d, d.name == self.gate.dataset))",
+                         "gate.dataset must be 'test' or the name of an evaluation.datasets entry",
+                         field_path=".gate.dataset", mirrors="_gate_dataset_known"))
+
+    @model_validator(mode="after")
+    def _gate_dataset_known(self) -> EvaluationSpec:
+        names = ["test", *(d.name for d in self.datasets)]
+        if self.gate.dataset is not None and self.gate.dataset not in names:
+            raise ValueError(f"gate.dataset must be 'test' or the name of an evaluation.datasets entry "
+                             f"(got '{self.gate.dataset}', have {names})")
+        return self
 
     @model_validator(mode="after")
     def _gate_k_measured(self) -> EvaluationSpec:
@@ -740,6 +807,11 @@ class EmbeddingFinetuneSpec(SpecModel):
         description="The domain documents. Changing path/include/exclude/chunking/existingClaim/configMap re-runs "
         "every stage from ingest.",
     )
+    queries: QueriesSpec = Field(
+        default_factory=QueriesSpec,
+        description="Queries you already have (search logs, labelled pairs, an FAQ), used alone or with the "
+        "generated questions. A change re-runs from sdg.",
+    )
     sdg: SDGSpec = Field(
         default_factory=SDGSpec,
         description="Synthetic data generation: the questions the model is trained and evaluated on. A change "
@@ -925,6 +997,9 @@ def resolve_relative_paths(efr: EmbeddingFinetune, base: Path) -> EmbeddingFinet
     bm = s.base_model.name
     if not s.base_model.existing_claim and (bm.startswith(("./", "../")) or bm in (".", "..")):
         s.base_model.name = str((base / bm).resolve())
+    q = s.queries
+    if q.path and _is_local(q.path) and not q.existing_claim and not q.config_map and not Path(q.path).is_absolute():
+        q.path = str((base / q.path).resolve())
     for ds in s.evaluation.datasets:
         if _is_local(ds.path) and not Path(ds.path).is_absolute():
             ds.path = str((base / ds.path).resolve())

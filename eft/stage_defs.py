@@ -36,7 +36,8 @@ STAGE_DEFS: dict[str, StageDef] = {
     for d in (
         StageDef("ingest", (), ("corpus.path", "corpus.include", "corpus.exclude", "corpus.chunking", *_PREFIX),
                  cluster_sections=("corpus.existing_claim", "corpus.config_map", "base_model.existing_claim")),
-        StageDef("sdg", ("ingest",), ("sdg", *_PREFIX)),
+        StageDef("sdg", ("ingest",), ("sdg", "queries.path", "queries.split", "queries.use", *_PREFIX),
+                 cluster_sections=("queries.existing_claim", "queries.config_map")),
         StageDef("prepare", ("ingest", "sdg"), ("split", "mining", "base_model"), gpu=True),
         StageDef("train", ("prepare",), ("training", "mining.negatives", "base_model"), gpu=True),
         StageDef("evaluate", ("prepare", "train"), ("evaluation", "base_model"), gpu=True),

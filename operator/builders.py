@@ -44,6 +44,7 @@ SPEC_DIR = "/etc/eft"
 SPEC_FILE = f"{SPEC_DIR}/spec.yaml"
 WORKSPACE_DIR = "/workspace"
 CORPUS_DIR = "/eft/corpus"
+QUERIES_DIR = "/eft/queries"
 BASE_MODEL_DIR = "/eft/base-model"
 EXPORT_DIR = f"{WORKSPACE_DIR}/export"
 TUNED_MODEL_DIR = f"{WORKSPACE_DIR}/train/model"
@@ -153,7 +154,9 @@ def pod_spec(spec: EmbeddingFinetuneSpec) -> EmbeddingFinetuneSpec:
 
     corpus.existingClaim -> the claim is mounted read-only at /eft/corpus and corpus.path becomes
     /eft/corpus/<path>; corpus.configMap -> its keys are files in /eft/corpus; baseModel.existingClaim
-    -> mounted read-only at /eft/base-model and baseModel.name becomes /eft/base-model/<name>.
+    -> mounted read-only at /eft/base-model and baseModel.name becomes /eft/base-model/<name>;
+    queries.existingClaim / queries.configMap -> mounted read-only at /eft/queries (sdg pod) and queries.path
+    becomes /eft/queries/<path>.
     URLs (s3://, gs://, https://), 'builtin:' corpora and Hugging Face ids are left as they are.
     """
     s = spec.model_copy(deep=True)
@@ -163,10 +166,25 @@ def pod_spec(spec: EmbeddingFinetuneSpec) -> EmbeddingFinetuneSpec:
     elif s.corpus.config_map:
         s.corpus.path = CORPUS_DIR
         s.corpus.config_map = None
+    if s.queries.path and (s.queries.existing_claim or s.queries.config_map):
+        s.queries.path = _inside(QUERIES_DIR, s.queries.path)
+        s.queries.existing_claim = s.queries.config_map = None
     if s.base_model.existing_claim:
         s.base_model.name = _inside(BASE_MODEL_DIR, s.base_model.name)
         s.base_model.existing_claim = None
     return s
+
+
+def _add_source(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], name: str, mount_path: str,
+                claim: str | None, config_map: str | None) -> None:
+    """A read-only input volume (the corpus, the supplied queries): a claim or a ConfigMap, when one is named."""
+    if claim:
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    elif config_map:
+        volumes.append({"name": name, "configMap": {"name": config_map}})
+    else:
+        return
+    mounts.append({"name": name, "mountPath": mount_path, "readOnly": True})
 
 
 def pod_spec_document(efr: dict[str, Any], spec: EmbeddingFinetuneSpec) -> dict[str, Any]:
@@ -333,13 +351,9 @@ def stage_volumes(efr: dict[str, Any], spec: EmbeddingFinetuneSpec, stage: str
         dict(TMP_MOUNT),
     ]
     if stage == "ingest":
-        if spec.corpus.existing_claim:
-            volumes.append({"name": "corpus", "persistentVolumeClaim": {"claimName": spec.corpus.existing_claim,
-                                                                       "readOnly": True}})
-            mounts.append({"name": "corpus", "mountPath": CORPUS_DIR, "readOnly": True})
-        elif spec.corpus.config_map:
-            volumes.append({"name": "corpus", "configMap": {"name": spec.corpus.config_map}})
-            mounts.append({"name": "corpus", "mountPath": CORPUS_DIR, "readOnly": True})
+        _add_source(volumes, mounts, "corpus", CORPUS_DIR, spec.corpus.existing_claim, spec.corpus.config_map)
+    if stage == "sdg":
+        _add_source(volumes, mounts, "queries", QUERIES_DIR, spec.queries.existing_claim, spec.queries.config_map)
     if spec.base_model.existing_claim:
         volumes.append({"name": "base-model", "persistentVolumeClaim": {
             "claimName": spec.base_model.existing_claim, "readOnly": True}})

@@ -8,9 +8,9 @@ with beir's EvaluateRetrieval.evaluate (pytrec_eval) at ``evaluation.k``: nDCG, 
   honest measure of what fine-tuning did (beir's convention of ignoring a retrieved document whose id
   equals the query id applies to these, as in published BEIR numbers; not to the synthetic split).
 
-Quality gate (``evaluation.gate``): measured on the FIRST extra dataset when there is one (human
-labels are the measure that matters and are not produced by the pipeline that trained the model),
-otherwise on the synthetic test split. It passes when (tuned - base) / base >= minRelativeImprovement
+Quality gate (``evaluation.gate``): measured on ``gate.dataset``; by default the FIRST extra dataset when
+there is one (human labels are the measure that matters and are not produced by the pipeline that trained
+the model), otherwise on the synthetic test split. It passes when (tuned - base) / base >= minRelativeImprovement
 (default 0: tuned must not be worse). The gate is a verdict, not a failure of the stage: evaluate
 succeeds either way (a pod exits 0, so a Job never retries a measurement), writes its outputs and
 reports the verdict (eft.stage_reports.EvaluateReport); whoever runs the pipeline then stops before
@@ -254,7 +254,7 @@ def run(ctx: StageContext) -> StageResult:
             results[name][label] = mm
         del model
 
-    gate_ds = sets[1].name if len(sets) > 1 else TEST
+    gate_ds = ev.gate.dataset or (sets[1].name if len(sets) > 1 else TEST)
     gate = compute_gate(results, gate_ds, ev.gate)
     m: dict[str, Any] = dict(results)
     m["gate"] = gate

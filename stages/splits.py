@@ -95,7 +95,8 @@ class SplitPlan:
 def split_by_chunk(positives: dict[str, list[str]], key: Callable[[str], str], validation: float, test: float,
                    seed: int) -> SplitPlan:
     """Whole groups of questions per split (see the module doc). Falls back to the question split, saying why,
-    only when the questions form a single group: then any split puts a positive on both sides."""
+    when the groups cannot fill the held-out splits: a single group (any split then puts a positive on both
+    sides), or one group so large that the test or validation split would get under half its target."""
     groups = question_groups(positives, key)
     n = len(positives)
     largest = max((len(g) for g in groups), default=0)
@@ -117,6 +118,13 @@ def split_by_chunk(positives: dict[str, list[str]], key: Callable[[str], str], v
             out["train"] += g
     if n_test and not out["test"]:
         _smallest_group_to_test(order, out)
+    short = [f"{s} {len(out[s])} of {want}" for s, want in (("test", n_test), ("dev", n_dev))
+             if len(out[s]) * 2 < want]
+    if short:  # one group holds most questions (real queries often share many relevant passages)
+        why = (f"the largest group of questions sharing passages holds {largest} of {n} questions, so whole groups "
+               f"fill only {' and '.join(short)} wanted: split by question instead")
+        return SplitPlan(split_questions(list(positives), validation, test, seed), by="question", groups=len(groups),
+                         largest_group=largest, fallback=why)
     return SplitPlan({s: sorted(v) for s, v in out.items()}, by="chunk", groups=len(groups), largest_group=largest)
 
 

@@ -69,6 +69,9 @@ def test_relative_corpus_path_resolves_against_the_spec_file(tmp_path):
         ({"corpus": {"chunking": {"maxTokens": 64, "overlapTokens": 64}}}, "overlapTokens (64) must be smaller"),
         ({"split": {"validation": 0.5, "test": 0.5}}, "leaves too little for training"),
         ({"split": {"by": "row"}}, "spec.split.by: must be one of 'chunk' or 'question' (got 'row')"),
+        ({"evaluation": {"gate": {"dataset": "human"}, "datasets": [{"name": "nf", "path": "/d"}]}},
+         "spec.evaluation: gate.dataset must be 'test' or the name of an evaluation.datasets entry (got 'human', "
+         "have ['test', 'nf'])"),
         ({"evaluation": {"datasets": [{"name": "gate", "path": "/d"}]}},
          "spec.evaluation.datasets[0]: the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved"),
         ({"evaluation": {"gate": {"metric": "ndcg@20"}}}, "gate metric ndcg@20 uses k=20, which is not in k"),

@@ -134,6 +134,27 @@ def test_stage_secrets_and_inputs():
     assert {"name": "corpus", "configMap": {"name": "docs-cm"}} in v
 
 
+def test_supplied_queries_on_a_claim_or_configmap_are_mounted_into_the_sdg_pod_only():
+    claim = efr({"queries": {"path": "logs/queries.jsonl", "existingClaim": "search-logs"}})
+    s = b.pod_spec(parsed(claim))
+    assert s.queries.path == "/eft/queries/logs/queries.jsonl" and s.queries.existing_claim is None
+    pods = {st: b.build_stage_job(claim, parsed(claim), st, "f", SETTINGS)["spec"]["template"]["spec"]
+            for st in ("ingest", "sdg", "prepare")}
+    assert {"name": "queries", "persistentVolumeClaim": {"claimName": "search-logs", "readOnly": True}} \
+        in pods["sdg"]["volumes"]
+    assert {"name": "queries", "mountPath": "/eft/queries", "readOnly": True} in pods["sdg"]["containers"][0]["volumeMounts"]
+    for other in ("ingest", "prepare"):
+        assert not any(v["name"] == "queries" for v in pods[other]["volumes"]), other
+    cm = efr({"queries": {"path": "faq.jsonl", "configMap": "faq"}})
+    assert b.pod_spec(parsed(cm)).queries.path == "/eft/queries/faq.jsonl"
+    sdg = b.build_stage_job(cm, parsed(cm), "sdg", "f", SETTINGS)["spec"]["template"]["spec"]
+    assert {"name": "queries", "configMap": {"name": "faq"}} in sdg["volumes"]
+    url = efr({"queries": {"path": "https://example.com/queries.jsonl"}})
+    assert b.pod_spec(parsed(url)).queries.path == "https://example.com/queries.jsonl"
+    assert not any(v["name"] == "queries" for v in
+                   b.build_stage_job(url, parsed(url), "sdg", "f", SETTINGS)["spec"]["template"]["spec"]["volumes"])
+
+
 def test_multi_node_training_is_an_indexed_job_with_rendezvous():
     body = efr({"training": {"nodes": 3, "gpusPerNode": 8}})
     spec = parsed(body)

@@ -198,6 +198,15 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     assert (out / "metrics.md").read_text() in table
 
 
+def test_the_gate_can_judge_on_the_synthetic_split_while_the_human_set_only_measures(workspace_with_worse_model):
+    ws = workspace_with_worse_model
+    m = execute_stage(spec_with(ws, dataset="test"), ws, "evaluate")
+    report = EvaluateReport.parse(m["summary"])
+    data = json.loads((ws.stage_dir("evaluate") / "metrics.json").read_text())
+    assert report.gate_dataset == "test" and data["gate"]["dataset"] == "test"
+    assert data["gate"]["base"] == data["test"]["base"]["ndcg@10"] and "human" in data
+
+
 def test_bad_input_fails_with_one_line(tmp_path):
     ws = Workspace(tmp_path)
     write_beir(tmp_path / "prepare" / "beir", {})

@@ -72,7 +72,16 @@ def test_one_group_falls_back_to_the_question_split_and_says_why():
 
 
 def test_groups_larger_than_the_test_target_still_give_a_test_split():
-    pos = {**{f"big{i}": ["X"] for i in range(12)}, **{f"mid{i}": ["Y"] for i in range(5)}}
+    pos = {**{f"big{i}": ["X"] for i in range(12)}, **{f"mid{i}": ["Y"] for i in range(3)}}
     plan = split_by_chunk(pos, str, 0.0, 0.1, 0)  # test target 2: both groups are larger
-    assert plan.splits["test"] == [f"mid{i}" for i in range(5)]  # the smaller group
+    assert plan.by == "chunk" and plan.splits["test"] == [f"mid{i}" for i in range(3)]  # the smaller group
     assert plan.splits["train"] == sorted(f"big{i}" for i in range(12))
+
+
+def test_a_group_that_swallows_most_questions_falls_back_and_says_why():
+    # real queries with dozens of relevant passages each: most of them join one group
+    pos = {f"q{i}": ["hub", f"p{i}"] for i in range(95)} | {f"lone{i}": [f"l{i}"] for i in range(5)}
+    plan = split_by_chunk(pos, str, 0.05, 0.1, 0)
+    assert plan.by == "question" and plan.largest_group == 95
+    assert "holds 95 of 100 questions" in plan.fallback and "fill only dev 0 of 5 wanted" in plan.fallback
+    assert len(plan.splits["test"]) == 10 and len(plan.splits["dev"]) == 5

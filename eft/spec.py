@@ -354,6 +354,23 @@ class MiningSpec(SpecModel):
         return self
 
 
+class SearchSpec(SpecModel):
+    trials: int = Field(
+        default=1, ge=1, le=6,
+        description="Training settings to try before the real run: 1 trains once with the settings above; N > 1 "
+        "tries the first N of (the spec's learningRate and temperature; 5e-5 and 0.05; the spec's learningRate and "
+        "0.05; 5e-5 and the spec's temperature; 2e-5 and 0.05; 1e-4 and 0.05), each from the base model for "
+        "`trialFraction` of the run's steps, scores each on the validation split (nDCG@10), and trains the real "
+        "run with the best (ties: the earlier). Needs a validation split. Every trial is recorded in the train "
+        "manifest, the stage's status message and the evaluate report.",
+    )
+    trial_fraction: float = Field(
+        default=0.25, gt=0.0, le=1.0,
+        description="Share of the real run's optimizer steps each trial trains (at least 10 steps), on the real "
+        "run's learning-rate schedule cut short; the search costs about trials x trialFraction of one run.",
+    )
+
+
 class TrainingSpec(SpecModel):
     epochs: int = Field(
         default=3, ge=1, le=100,
@@ -412,6 +429,10 @@ class TrainingSpec(SpecModel):
         default=42,
         description="Random seed of training: batch composition and order, padding of missing negatives, dropout.",
     )
+    search: SearchSpec = Field(
+        default_factory=SearchSpec,
+        description="A budgeted search over learning rate and temperature before training (off with trials 1).",
+    )
     nodes: int = Field(default=1, ge=1, le=64, description="Pods for distributed training (cluster only).")
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per training pod (cluster only).")
 
@@ -445,7 +466,11 @@ class GateSpec(SpecModel):
     )
 
 
-RESERVED_DATASET_NAMES = ("test", "gate", "datasets", "seenInTraining")  # the other keys of metrics.json
+RESERVED_DATASET_NAMES = ("test", "gate", "datasets", "seenInTraining", "trainingSearch")  # other metrics.json keys
+
+
+RESERVED_MESSAGE = ("the names 'test', 'gate', 'datasets', 'seenInTraining' and 'trainingSearch' are reserved "
+                    "(other keys of evaluate/metrics.json)")
 
 
 class EvalDatasetSpec(SpecModel):
@@ -453,22 +478,20 @@ class EvalDatasetSpec(SpecModel):
     name: str = Field(
         min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$",
         description="Short name of the dataset, unique among the datasets: its key in metrics.json and the "
-        "evaluation report ('test', 'gate', 'datasets' and 'seenInTraining' are reserved).",
+        "evaluation report ('test', 'gate', 'datasets', 'seenInTraining' and 'trainingSearch' are reserved).",
     )
     path: str = Field(min_length=1, description="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")
     split: str = Field(
         default="test", min_length=1, description="Split of the judgements to evaluate: qrels/<split>.tsv in `path`."
     )
 
-    cel_rules = (CelRule("!(self.name in ['test', 'gate', 'datasets', 'seenInTraining'])",
-                         "the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved (other keys of "
-                         "evaluate/metrics.json)", mirrors="_not_reserved"),)
+    cel_rules = (CelRule("!(self.name in ['test', 'gate', 'datasets', 'seenInTraining', 'trainingSearch'])",
+                         RESERVED_MESSAGE, mirrors="_not_reserved"),)
 
     @model_validator(mode="after")
     def _not_reserved(self) -> EvalDatasetSpec:
         if self.name in RESERVED_DATASET_NAMES:
-            raise ValueError("the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved (other keys of "
-                             "evaluate/metrics.json)")
+            raise ValueError(RESERVED_MESSAGE)
         return self
 
 

@@ -182,11 +182,26 @@ def render_markdown(m: dict[str, Any]) -> str:
         lines.append("")
         if name == TEST and m.get("seenInTraining"):
             lines += [seen_line(m["seenInTraining"]), ""]
+    if m.get("trainingSearch"):
+        lines += search_table(m["trainingSearch"]) + [""]
     g = m.get("gate")
     if g:
         extra = " (override: shipped anyway)" if g["status"] == "overridden" else ""
         lines.append(f"**Quality gate {g['status']}**{extra}: {gate_line(g)}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def search_table(search: dict[str, Any]) -> list[str]:
+    """The training search's trials (train manifest), the chosen one marked."""
+    chosen = search["chosen"]
+    out = [f"### training search ({len(search['trials'])} trials of {search['trialFraction']:g} of the run's steps, "
+           f"{search['seconds']:.0f} s)", "", "| learning rate | temperature | steps | validation nDCG@10 | s |",
+           "|---:|---:|---:|---:|---:|"]
+    for t in search["trials"]:
+        mark = " (chosen)" if {"learningRate": t["learningRate"], "temperature": t["temperature"]} == chosen else ""
+        score = "n/a" if t["valNdcg10"] is None else f"{t['valNdcg10']:.4f}"
+        out.append(f"| {t['learningRate']:g} | {t['temperature']:g}{mark} | {t['steps']} | {score} | {t['seconds']:.0f} |")
+    return out
 
 
 def seen_line(seen: dict[str, int]) -> str:
@@ -258,6 +273,9 @@ def run(ctx: StageContext) -> StageResult:
     gate = compute_gate(results, gate_ds, ev.gate)
     m: dict[str, Any] = dict(results)
     m["gate"] = gate
+    search = (ctx.input_manifest("train").get("details") or {}).get("search")
+    if search:
+        m["trainingSearch"] = search
     seen = seen_in_training(prep / "beir", sets[0].data)
     if seen is not None:
         m["seenInTraining"] = seen

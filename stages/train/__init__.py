@@ -13,6 +13,9 @@ tokenized once before the first step (token_cache.py). ``training.compile`` runs
 through torch.compile (compiled_forward.py; by default on a GPU for long runs only). Under torchrun every
 rank trains on its slice of a global batch (distributed.py).
 
+With ``training.search.trials`` > 1, short trials of learning rate and temperature run first and the real
+run uses the best on the validation split (search.py).
+
 Every epoch (and before the first, for the base model) the model is validated on the dev split
 (validation.py). The best epoch is shipped (publish.py); epoch 0 means no epoch beat the untouched base
 model on dev, and the base weights are shipped.
@@ -53,10 +56,20 @@ def _train(ctx: StageContext, scope: contextlib.ExitStack) -> StageResult:
     # A function of its own: the trainer (model, optimizer, autograd state) is gone before the scope's
     # exit leaves the process group.
     from eft.stages.train.assemble import assemble_trainer
+    from eft.stages.train.result import add_search_to_summary
+    from eft.stages.train.search import Search, with_settings
 
-    trainer = assemble_trainer(ctx, scope)
+    search = Search(ctx)
+    chosen = search.run(scope)
+    run_ctx = ctx if chosen is None else with_settings(ctx, chosen.learning_rate, chosen.temperature, ctx.work)
+    trainer = assemble_trainer(run_ctx, scope)
     trainer.fit(scope)
-    return trainer.publish()
+    result = trainer.publish()
+    if chosen is not None and trainer.info.is_main:
+        result.details["search"] = search.report(chosen)
+        result.counts["search_trials"] = len(search.trials)
+        result.summary = add_search_to_summary(result.summary, search.report(chosen))
+    return result
 
 
 def _out_of_memory(ctx: StageContext, exc: BaseException) -> StageFailed:

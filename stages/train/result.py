@@ -51,6 +51,7 @@ def details(t: Trainer, *, shipped: str, layout: str) -> dict[str, Any]:
         "negativesPadded": t.data.padded,
         "inBatchNegatives": tr.in_batch_negatives,
         "temperature": tr.temperature,
+        "learningRate": tr.learning_rate,
         "totalSteps": t.plan.total_steps,
         "warmupSteps": t.plan.warmup,
         "questions": t.data.n_questions,
@@ -62,3 +63,10 @@ def details(t: Trainer, *, shipped: str, layout: str) -> dict[str, Any]:
         "seed": tr.seed,
         "maxSeqLength": bm.max_seq_length,
     }
+
+
+def add_search_to_summary(summary: str, search: dict[str, Any]) -> str:
+    """The one-line summary with the search's trials, compact (it is also the pod's termination message)."""
+    data = json.loads(summary)
+    data["search"] = [[t["learningRate"], t["temperature"], t["valNdcg10"]] for t in search["trials"]]
+    return json.dumps(data, separators=(",", ":"))

@@ -81,6 +81,7 @@ class Trainer:
     grad_ckpt: bool
     state: TrainState = field(default_factory=TrainState)
     resumed_from: int | None = None  # the step of the checkpoint this run resumed from
+    step_limit: int | None = None  # a search trial: stop (validated, checkpointed) after this many steps of the plan
     terminated: threading.Event = field(default_factory=threading.Event)  # SIGTERM arrived
     steps: StepLog | None = None
     last_checkpoint: float = 0.0  # time.monotonic() of the last checkpoint
@@ -129,12 +130,17 @@ class Trainer:
             self.validate(0)
         self.model.train()
         self.last_checkpoint = time.monotonic()
-        self.steps = StepLog(self.state, total_steps=self.plan.total_steps, epochs=self.tr.epochs,
+        self.steps = StepLog(self.state, total_steps=self.last_step, epochs=self.tr.epochs,
                              progress=self.ctx.progress)
         for epoch in range(self.state.epoch, self.tr.epochs):
-            if self.state.step >= self.plan.total_steps:
+            if self.state.step >= self.last_step:
                 break
             self.run_epoch(epoch)
+
+    @property
+    def last_step(self) -> int:
+        """The step training ends at: the plan's last, or a search trial's limit."""
+        return min(self.plan.total_steps, self.step_limit or self.plan.total_steps)
 
     def run_epoch(self, epoch: int) -> None:
         """The epoch's remaining micro-batches, then its validation and checkpoint."""
@@ -203,7 +209,7 @@ class Trainer:
     def after_step(self) -> bool:
         """Checkpoint when due, stop when asked to; True when the plan's last step is done."""
         step, settings = self.state.step, self.ctx.settings
-        if step >= self.plan.total_steps:
+        if step >= self.last_step:
             return True
         if (self.terminated.is_set() or step % settings.checkpoint_steps == 0
                 or time.monotonic() - self.last_checkpoint > settings.checkpoint_seconds):

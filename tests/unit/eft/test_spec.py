@@ -73,7 +73,7 @@ def test_relative_corpus_path_resolves_against_the_spec_file(tmp_path):
          "spec.evaluation: gate.dataset must be 'test' or the name of an evaluation.datasets entry (got 'human', "
          "have ['test', 'nf'])"),
         ({"evaluation": {"datasets": [{"name": "gate", "path": "/d"}]}},
-         "spec.evaluation.datasets[0]: the names 'test', 'gate', 'datasets' and 'seenInTraining' are reserved"),
+         "spec.evaluation.datasets[0]: the names 'test', 'gate', 'datasets', 'seenInTraining' and 'trainingSearch' are reserved"),
         ({"evaluation": {"gate": {"metric": "ndcg@20"}}}, "gate metric ndcg@20 uses k=20, which is not in k"),
         ({"evaluation": {"gate": {"metric": "mrr@10"}}}, "spec.evaluation.gate.metric: String should match"),
         ({"evaluation": {"k": [0]}}, "spec.evaluation.k: every k must be between 1 and 1000"),

@@ -219,3 +219,12 @@ def test_bad_input_fails_with_one_line(tmp_path):
     (tmp_path / "train" / "model" / "modules.json").write_text("[]")
     with pytest.raises(StageFailed, match="synthetic test split: .*split 'test' has no judgements"):
         execute_stage(efr, ws, "evaluate")
+
+
+def test_the_report_shows_the_training_search_with_its_choice():
+    search = {"trials": [{"learningRate": 1e-5, "temperature": 0.02, "steps": 40, "valNdcg10": 0.61, "seconds": 12.0},
+                         {"learningRate": 5e-5, "temperature": 0.05, "steps": 40, "valNdcg10": 0.66, "seconds": 11.5}],
+              "trialFraction": 0.25, "chosen": {"learningRate": 5e-5, "temperature": 0.05}, "seconds": 23.5}
+    md = evaluate.render_markdown({"trainingSearch": search})
+    assert "### training search (2 trials of 0.25 of the run's steps, 24 s)" in md
+    assert "| 1e-05 | 0.02 | 40 | 0.6100 | 12 |" in md and "| 5e-05 | 0.05 (chosen) | 40 | 0.6600 | 12 |" in md

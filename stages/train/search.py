@@ -133,6 +133,7 @@ class Search:
                 raise StageFailed("train", "training.search scores trials on the validation split, which is empty: "
                                   "set split.validation above 0 or training.search.trials to 1")
             trainer.step_limit = trial_steps(trainer.plan.total_steps, self.spec.trial_fraction)
+            trainer.validate_base = False
             trainer.fit(scope)
             trial = Trial(lr, t, trainer.state.step, last_validation(trainer.state.curve), time.monotonic() - t0)
             del trainer

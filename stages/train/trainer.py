@@ -82,6 +82,7 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
     resumed_from: int | None = None  # the step of the checkpoint this run resumed from
     step_limit: int | None = None  # a search trial: stop (validated, checkpointed) after this many steps of the plan
+    validate_base: bool = True  # score the untouched model first (search trials skip it: the real run does it)
     terminated: threading.Event = field(default_factory=threading.Event)  # SIGTERM arrived
     steps: StepLog | None = None
     last_checkpoint: float = 0.0  # time.monotonic() of the last checkpoint
@@ -127,7 +128,8 @@ class Trainer:
         self.checkpoint_on_sigterm(scope)
         if self.resumed_from is None:
             self.announce()
-            self.validate(0)
+            if self.validate_base:
+                self.validate(0)
         self.model.train()
         self.last_checkpoint = time.monotonic()
         self.steps = StepLog(self.state, total_steps=self.last_step, epochs=self.tr.epochs,

@@ -133,7 +133,14 @@ def test_two_fine_tunes_share_one_queue_stage_by_stage(platform):
         "serving.resources": {"requests": {"cpu": "100m"}},
         "serving.autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3},
         "serving.networkPolicy": {"enabled": True, "allowedClients": {"matchLabels": {"eft-client": "true"}}}})
-    second = quickstart_variant("second", **{"sdg.maxChunks": 60, "serving.enabled": False})
+    # the second also trains on the tenant's own queries, from a ConfigMap she creates (mounted into its sdg pod)
+    faq = "".join(json.dumps(q) + "\n" for q in (
+        {"query": "how do I keep a pod's containers from restarting forever", "ids": ["kubernetes-api/core/v1/PodSpec.md"]},
+        {"query": "how many replicas does a deployment keep", "ids": ["kubernetes-api/apps/v1/DeploymentSpec.md"]}))
+    cm = alice.kubectl("create", "configmap", "faq", "-n", mine, f"--from-literal=queries.jsonl={faq}")
+    assert cm.returncode == 0, cm.stderr
+    second = quickstart_variant("second", **{"sdg.maxChunks": 60, "serving.enabled": False, "queries": {
+        "configMap": "faq", "path": "queries.jsonl", "use": "withGenerated"}})
     t0 = time.monotonic()
     for doc in (first, second):
         made = alice.apply(mine, doc)
@@ -146,7 +153,9 @@ def test_two_fine_tunes_share_one_queue_stage_by_stage(platform):
             seen.append((round(time.monotonic() - t0), *now))
         if now[0][0] == "Serving" and now[1][0] == "Succeeded":
             break
-        assert not {now[0][0], now[1][0]} & {"Failed", "Blocked"}, seen
+        if {now[0][0], now[1][0]} & {"Failed", "Blocked"}:
+            statuses = {n: rc.get("embeddingfinetune", n, "-n", mine).get("status") for n in ("first", "second")}
+            pytest.fail(f"a fine-tune failed: {json.dumps(statuses, indent=1)[:6000]}\n{seen}")
         time.sleep(1)
     print("\nt(s)  first (phase, stage, Queued)          second (phase, stage, Queued)")
     for t, a, b in seen:
@@ -164,6 +173,9 @@ def test_two_fine_tunes_share_one_queue_stage_by_stage(platform):
     jobs = rc.get("jobs", "-n", mine, "-l", "eft.ai/stage")["items"]
     assert {j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for j in jobs} == {QUEUE}
     assert {j["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] for j in jobs} == {STAGE_CPU}
+    sdg = next(st for st in rc.get("embeddingfinetune", "second", "-n", mine)["status"]["stages"] if st["name"] == "sdg")
+    print(f"second's sdg stage: {sdg['message']}")
+    assert sdg["message"].endswith("(offline+supplied)"), sdg
     workloads = rc.get("workloads.kueue.x-k8s.io", "-n", mine)["items"]
     admitted = [w for w in workloads if any(c["type"] == "Admitted" for c in w["status"].get("conditions") or [])]
     assert len(admitted) == len(jobs), (len(admitted), len(jobs))

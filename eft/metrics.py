@@ -105,15 +105,6 @@ def _qrels_rows(path: Path) -> list[list[str]]:
     return rows[1:]
 
 
-def positive_judgements(path: Path) -> dict[str, list[str]]:
-    """query id -> the documents a qrels file grades above 0."""
-    out: dict[str, list[str]] = {}
-    for row in _qrels_rows(path):
-        if len(row) >= 3 and float(row[2]) > 0:
-            out.setdefault(row[0], []).append(row[1])
-    return out
-
-
 def doc_text(doc: dict[str, Any]) -> str:
     """The text embedded for a corpus row (title + " " + text), the same helper every stage uses."""
     from eft.textutil import passage_text

@@ -17,7 +17,7 @@ reports the verdict (eft.stage_reports.EvaluateReport); whoever runs the pipelin
 export when the report blocks shipping, and the export stage itself refuses such a model.
 
 Outputs: metrics.json ({"test": {"base": {...}, "tuned": {...}}, "<dataset>": {...}, "gate": {...},
-"seenInTraining": how many synthetic test positives were training positives}),
+"seenInTraining": how many synthetic test positives were training positives, from prepare's split}),
 metrics.md (base vs tuned vs delta per dataset) and metrics.png (bar chart).
 """
 
@@ -77,26 +77,6 @@ def load_eval_sets(prepare_dir: Path, datasets) -> list[EvalSet]:
     if len(set(names)) != len(names):
         raise _fail(f"evaluation.datasets names must be unique, got {names}")
     return sets
-
-
-def seen_in_training(beir: Path, test: Any) -> dict[str, int] | None:
-    """How many of the synthetic test split's positives were training positives (prepare/beir's train qrels),
-    counting copies of a passage's text under other ids as the same passage. 0 under split.by 'chunk'; None
-    for a prepare folder without train judgements."""
-    from eft import metrics
-    from eft.stages.splits import seen_in_training as count
-    from eft.textutil import content_id
-
-    def key(pid: str) -> str:
-        return content_id(metrics.doc_text(test.corpus[pid])) if pid in test.corpus else pid
-
-    if not (beir / "qrels" / "train.tsv").is_file():
-        return None
-    train = metrics.positive_judgements(beir / "qrels" / "train.tsv")
-    held_out = {q: [d for d, g in docs.items() if g > 0] for q, docs in test.qrels.items()}
-    positives = {**{f"train:{q}": v for q, v in train.items()}, **{f"test:{q}": v for q, v in held_out.items()}}
-    splits = {"train": [f"train:{q}" for q in train], "dev": [], "test": [f"test:{q}" for q in held_out]}
-    return count(splits, positives, key)["test"]
 
 
 def evaluate_model(model, sets: list[EvalSet], k_values: list[int], qprefix: str, pprefix: str,
@@ -276,7 +256,9 @@ def run(ctx: StageContext) -> StageResult:
     search = (ctx.input_manifest("train").get("details") or {}).get("search")
     if search:
         m["trainingSearch"] = search
-    seen = seen_in_training(prep / "beir", sets[0].data)
+    # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
+    seen = (((ctx.input_manifest("prepare").get("details") or {}).get("split") or {}).get("seenInTraining")
+            or {}).get("test")
     if seen is not None:
         m["seenInTraining"] = seen
     m["datasets"] = {s.name: {"description": s.description, "queries": len(s.data.queries),

@@ -231,8 +231,6 @@ def read_documents(spec: CorpusSpec, report: ReadReport) -> Iterator[Document]:
 
 def corpus_fingerprint(spec: CorpusSpec) -> str:
     """Cheap identity of the selected inputs: names, sizes and modification times (or the package version)."""
-    import hashlib
-
     if spec.path.startswith("builtin:"):
         from importlib.metadata import version
 
@@ -241,9 +239,17 @@ def corpus_fingerprint(spec: CorpusSpec) -> str:
         fs, files = list_files(spec)
     except FileNotFoundError:
         return "missing"
+    return files_fingerprint(fs, files)
+
+
+def files_fingerprint(fs, files: list[tuple[str, str]]) -> str:
+    """Names, sizes and modification times of (full path, shown name) files: a re-run notices an edited file
+    without reading it."""
+    import hashlib
+
     h = hashlib.sha256()
-    for full, rel in files:
+    for full, name in files:
         info = fs.info(full)
-        h.update(f"{rel}\0{info.get('size')}\0{info.get('mtime') or info.get('LastModified') or info.get('ETag')}\n"
+        h.update(f"{name}\0{info.get('size')}\0{info.get('mtime') or info.get('LastModified') or info.get('ETag')}\n"
                  .encode())
     return h.hexdigest()[:16]

@@ -135,7 +135,7 @@ def read_queries(spec: QueriesSpec) -> list[RawQuery]:
 
 def source_fingerprint(spec: QueriesSpec) -> str:
     """Names, sizes and modification times of the files read (a re-run notices an edited file)."""
-    import hashlib
+    from eft.stages.ingest_readers import files_fingerprint
 
     if not spec.path:
         return "none"
@@ -143,13 +143,7 @@ def source_fingerprint(spec: QueriesSpec) -> str:
         fs, root = _open(spec.path)
     except SuppliedQueriesError:
         return "missing"
-    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
-    h = hashlib.sha256()
-    for f in files:
-        info = fs.info(f)
-        h.update(f"{f}\0{info.get('size')}\0{info.get('mtime') or info.get('LastModified') or info.get('ETag')}\n"
-                 .encode())
-    return h.hexdigest()[:16]
+    return files_fingerprint(fs, [(f, f) for f in (sorted(fs.find(root)) if fs.isdir(root) else [root])])
 
 
 # --------------------------------------------------------------------------- matching

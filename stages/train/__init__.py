@@ -68,7 +68,7 @@ def _train(ctx: StageContext, scope: contextlib.ExitStack) -> StageResult:
     if chosen is not None and trainer.info.is_main:
         result.details["search"] = search.report(chosen)
         result.counts["search_trials"] = len(search.trials)
-        result.summary = add_search_to_summary(result.summary, search.report(chosen))
+        result.summary = add_search_to_summary(result.summary, result.details["search"])
     return result
 
 

@@ -137,9 +137,11 @@ def workspace_with_worse_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ws")
     write_beir(root / "prepare" / "beir", dict(list(QUERIES.items())[:4]))
-    with open(root / "prepare" / "beir" / "qrels" / "train.tsv", "w") as f:  # d-paris is also a test positive
-        f.write("query-id\tcorpus-id\tscore\nr1\td-paris\t1\nr1\td-tea\t1\nr2\td-violin\t1\n")
-    write_manifest(root / "prepare", "prepare")
+    # prepare's count of test positives seen in training (one of the four, as a question split may leave)
+    seen = {"questions": 4, "questionsWithSeenPositive": 1, "positives": 4, "positivesSeenInTraining": 1}
+    write_json_atomic(root / "prepare" / "manifest.json", {"stage": "prepare", "status": "succeeded",
+                                                           "outputsDigest": "prepare",
+                                                           "details": {"split": {"seenInTraining": {"test": seen}}}})
     model = load_sentence_model(device="cpu")
     emb = model[0].auto_model.get_input_embeddings().weight
     with torch.no_grad():

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from eft.generated_file import generated_file_main
-from eft.spec import API_GROUP, API_VERSION, KIND, PLURAL, STAGES, EmbeddingFinetuneSpec, SpecModel
+from eft.spec import API_GROUP, API_VERSION, KIND, PLURAL, STAGES, EmbeddingFinetuneSpec, SpecModel, TrainingSpec
 
 SINGULAR = KIND.lower()
 SHORT_NAMES = ["eft"]
@@ -246,6 +246,9 @@ def spec_schema() -> dict[str, Any]:
     js = EmbeddingFinetuneSpec.model_json_schema(by_alias=True)
     defs = js.pop("$defs", {})
     defaults = EmbeddingFinetuneSpec().model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Fields filled from training.preset get no default: a stored default would outlive a later change of preset.
+    for alias in TrainingSpec.preset_aliases():
+        defaults["training"].pop(alias, None)
     schema = _convert(js, defs, "", defaults, has_default=True)
     schema["default"] = {}
     return _ordered(schema)

@@ -17,7 +17,8 @@ reports the verdict (eft.stage_reports.EvaluateReport); whoever runs the pipelin
 export when the report blocks shipping, and the export stage itself refuses such a model.
 
 Outputs: metrics.json ({"test": {"base": {...}, "tuned": {...}}, "<dataset>": {...}, "gate": {...},
-"seenInTraining": how many synthetic test positives were training positives, from prepare's split}),
+"seenInTraining": how many synthetic test positives, and their source documents, were training positives (or
+from training positives' documents), from prepare's split}),
 metrics.md (base vs tuned vs delta per dataset) and metrics.png (bar chart).
 """
 
@@ -162,6 +163,8 @@ def render_markdown(m: dict[str, Any]) -> str:
         lines.append("")
         if name == TEST and m.get("seenInTraining"):
             lines += [seen_line(m["seenInTraining"]), ""]
+        if name == TEST and m.get("quotesRemoved"):
+            lines += [quotes_line(m["quotesRemoved"]), ""]
     if m.get("trainingSearch"):
         lines += search_table(m["trainingSearch"]) + [""]
     g = m.get("gate")
@@ -186,9 +189,22 @@ def search_table(search: dict[str, Any]) -> list[str]:
 
 def seen_line(seen: dict[str, int]) -> str:
     warn = "" if not seen["positivesSeenInTraining"] else (
-        " (the test split partly measures what training memorised: split.by 'chunk' keeps them apart)")
-    return (f"Test positives seen in training: {seen['positivesSeenInTraining']} of {seen['positives']} passages; "
+        " (the test split partly measures what training memorised: split.by 'document' or 'chunk' keeps them apart)")
+    line = (f"Test positives seen in training: {seen['positivesSeenInTraining']} of {seen['positives']} passages; "
             f"{seen['questionsWithSeenPositive']} of {seen['questions']} test questions have one{warn}.")
+    if "documents" in seen:
+        line += (f" Their source documents seen in training (another chunk of them a training positive): "
+                 f"{seen['documentsSeenInTraining']} of {seen['documents']}; "
+                 f"{seen['questionsWithSeenDocument']} of {seen['questions']} test questions have one.")
+    return line
+
+
+def quotes_line(q: dict[str, int]) -> str:
+    return (f"Quoted sentences removed (split.removeQuotes): {q['sentences']} from {q['passages']} validation and "
+            f"test passages, so questions copied from a passage are matched by the rest of it; "
+            f"{q['keptWhole']} passages kept whole (too little left)"
+            + (f"; {q['wordExtractsLeftOut']} word-extract questions (offline keywords and title) left out of "
+               "validation and test." if q.get("wordExtractsLeftOut") else "."))
 
 
 def _plot(path: Path, m: dict[str, Any]) -> None:
@@ -257,10 +273,12 @@ def run(ctx: StageContext) -> StageResult:
     if search:
         m["trainingSearch"] = search
     # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
-    seen = (((ctx.input_manifest("prepare").get("details") or {}).get("split") or {}).get("seenInTraining")
-            or {}).get("test")
+    split = (ctx.input_manifest("prepare").get("details") or {}).get("split") or {}
+    seen = (split.get("seenInTraining") or {}).get("test")
     if seen is not None:
-        m["seenInTraining"] = seen
+        m["seenInTraining"] = {**seen, **((split.get("documentsSeenInTraining") or {}).get("test") or {})}
+    if split.get("quotesRemoved"):
+        m["quotesRemoved"] = split["quotesRemoved"]
     m["datasets"] = {s.name: {"description": s.description, "queries": len(s.data.queries),
                               "documents": len(s.data.corpus), "judgements": s.data.num_judgements} for s in sets}
     md = write_outputs(ctx.out, m)

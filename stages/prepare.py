@@ -18,7 +18,10 @@ import numpy as np
 from eft.models import load_sentence_model, pick_device
 from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
 from eft.stages.mining import mine
-from eft.stages.splits import SPLITS, SplitPlan, seen_in_training, split_by_chunk, split_questions
+from eft.stages.quotes import QuoteStats, unquote_passages
+from eft.stages.sdg.offline import WORD_EXTRACT_KINDS
+from eft.stages.splits import (SPLITS, SplitPlan, documents_seen_in_training, seen_in_training, split_by_chunk,
+                               split_by_document, split_questions)
 from eft.textutil import content_id, passage_text
 from eft.workspace import StageResult, write_json_atomic
 
@@ -64,8 +67,10 @@ def run(ctx: StageContext) -> StageResult:
     by_id: dict[str, dict] = {}
     for q in usable:
         by_id.setdefault(q["_id"], q)  # duplicated ids: keep the first
-    plan = _split(ctx, corpus, row_of, by_id)
+    positives = {q: by_id[q]["positives"] for q in by_id}
+    plan = _split(ctx, corpus, row_of, positives)
     splits = plan.splits
+    extracts = _drop_held_out_word_extracts(ctx, by_id, splits) if spec.split.remove_quotes else None
 
     train_qs = [by_id[q] for q in splits["train"]]
     p_emb, q_emb = _embed(ctx, corpus, train_qs)
@@ -80,11 +85,17 @@ def run(ctx: StageContext) -> StageResult:
     rows = _training_rows(corpus, train_qs, positives_rows, dup_rows, mined, q_emb, policy)
 
     n_rows = _write_jsonl(ctx.out / "train.jsonl", rows)
-    _write_beir(ctx.out / "beir", corpus, by_id, splits)
+    quotes = _write_beir(ctx.out / "beir", corpus, by_id, splits, spec.split.remove_quotes)
+    if quotes:
+        ctx.progress(f"removed {quotes.sentences} quoted sentences from {quotes.passages} validation and test "
+                     f"passages ({quotes.kept_whole} kept whole: too little left)")
     stats = {
         "questions": {s: len(splits[s]) for s in SPLITS},
-        "split": {**plan.describe(), "seenInTraining": seen_in_training(
-            splits, {q: by_id[q]["positives"] for q in by_id}, _text_key(corpus, row_of))},
+        "split": {**plan.describe(),
+                  "seenInTraining": seen_in_training(splits, positives, _text_key(corpus, row_of)),
+                  "documentsSeenInTraining": documents_seen_in_training(splits, positives,
+                                                                        _document_key(corpus, row_of)),
+                  "quotesRemoved": {**quotes.describe(), "wordExtractsLeftOut": extracts} if quotes else None},
         "questionsWithoutPositiveInCorpus": unknown_positive,
         "trainRows": n_rows,
         "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
@@ -105,16 +116,44 @@ def _text_key(corpus: list[dict], row_of: dict[str, int]):
     return lambda pid: content_id(passage_text(corpus[row_of[pid]]))
 
 
-def _split(ctx: StageContext, corpus: list[dict], row_of: dict[str, int], by_id: dict[str, dict]) -> SplitPlan:
+def _drop_held_out_word_extracts(ctx: StageContext, by_id: dict[str, dict], splits: dict[str, list[str]]) -> int:
+    """Leave the offline generator's word-extract questions (eft.stages.sdg.offline.WORD_EXTRACT_KINDS) out of
+    dev and test, in place; how many. Kept where leaving them out would empty a held-out split that had some.
+
+    They are not moved to train: their documents are held out, and training on them would leak those."""
+    dropped = 0
+    for s in ("dev", "test"):
+        kept = [q for q in splits[s] if not (by_id[q].get("backend") == "offline"
+                                             and by_id[q].get("kind") in WORD_EXTRACT_KINDS)]
+        if kept or not splits[s]:
+            dropped += len(splits[s]) - len(kept)
+            splits[s] = kept
+        else:
+            ctx.progress(f"warning: every {s} question is a word extract (offline keywords or title); kept them")
+    if dropped:
+        ctx.progress(f"left {dropped} word-extract questions (offline keywords and title) out of validation and test")
+    return dropped
+
+
+def _document_key(corpus: list[dict], row_of: dict[str, int]):
+    """Passage id -> the source document ingest cut it from (the passage itself when ingest did not say)."""
+    return lambda pid: (corpus[row_of[pid]].get("metadata") or {}).get("source") or pid
+
+
+def _split(ctx: StageContext, corpus: list[dict], row_of: dict[str, int],
+           positives: dict[str, list[str]]) -> SplitPlan:
     sp = ctx.spec.split
     if sp.by == "question":
-        plan = SplitPlan(split_questions(list(by_id), sp.validation, sp.test, sp.seed), by="question")
+        plan = SplitPlan(split_questions(list(positives), sp.validation, sp.test, sp.seed), by="question")
+    elif sp.by == "chunk":
+        plan = split_by_chunk(positives, _text_key(corpus, row_of), sp.validation, sp.test, sp.seed)
     else:
-        plan = split_by_chunk({q: by_id[q]["positives"] for q in by_id}, _text_key(corpus, row_of),
-                              sp.validation, sp.test, sp.seed)
+        plan = split_by_document(positives, _text_key(corpus, row_of), _document_key(corpus, row_of),
+                                 sp.validation, sp.test, sp.seed)
     if plan.fallback:
         ctx.progress(f"warning: {plan.fallback}")
-    groups = f" ({plan.groups} groups of questions sharing passages)" if plan.groups else ""
+    shared = "passages or documents" if plan.by == "document" else "passages"
+    groups = f" ({plan.groups} groups of questions sharing {shared})" if plan.groups else ""
     ctx.progress(", ".join(f"{s} {len(plan.splits[s])}" for s in SPLITS) + f" questions, split by {plan.by}{groups}")
     return plan
 
@@ -235,9 +274,14 @@ def _training_rows(corpus: list[dict], train_qs: list[dict], positives_rows: lis
     return rows
 
 
-def _write_beir(beir: Path, corpus: list[dict], by_id: dict[str, dict], splits: dict[str, list[str]]) -> None:
-    """corpus.jsonl, queries.jsonl (every split, tagged) and qrels/{train,dev,test}.tsv."""
+def _write_beir(beir: Path, corpus: list[dict], by_id: dict[str, dict], splits: dict[str, list[str]],
+                remove_quotes: bool) -> QuoteStats | None:
+    """corpus.jsonl, queries.jsonl (every split, tagged) and qrels/{train,dev,test}.tsv; with `remove_quotes`,
+    the corpus's dev and test passages lose the sentences their questions quote (eft.stages.quotes)."""
     beir.mkdir()
+    quotes = None
+    if remove_quotes:
+        corpus, quotes = unquote_passages(corpus, [by_id[x] for s in ("dev", "test") for x in splits[s]])
     _write_jsonl(beir / "corpus.jsonl", ({"_id": c["_id"], "title": c.get("title", ""), "text": c["text"]}
                                          for c in corpus))
     _write_jsonl(beir / "queries.jsonl", ({"_id": q["_id"], "text": q["text"],
@@ -245,3 +289,4 @@ def _write_beir(beir: Path, corpus: list[dict], by_id: dict[str, dict], splits: 
                                           for s in SPLITS for q in (by_id[x] for x in splits[s])))
     for s in SPLITS:
         _write_qrels(beir / "qrels" / f"{s}.tsv", [by_id[x] for x in splits[s]])
+    return quotes

@@ -5,10 +5,14 @@ Two ways (``split.by``):
 - ``question``: each question on its own. Sibling questions written about one chunk then land on both
   sides, so a test question's passage is usually a training positive too and the test split partly
   measures memorisation.
-- ``chunk`` (the default): questions are grouped by the passages they are answered by. Two questions share a
-  group when they share a positive passage, or positives with the same text under different ids; a
-  multi-hop question joins the groups of all its chunks. Whole groups go to one split, so no dev or test
-  positive is ever a training positive.
+- ``chunk``: questions are grouped by the passages they are answered by. Two questions share a group when
+  they share a positive passage, or positives with the same text under different ids; a multi-hop question
+  joins the groups of all its chunks. Whole groups go to one split, so no dev or test positive is ever a
+  training positive.
+- ``document`` (the default): as ``chunk``, and chunks cut from one source document join one group too. Every
+  chunk carries its document's title and vocabulary, so a test chunk whose sibling chunk was a training
+  positive is half seen: on an NFCorpus subset, every test question of the chunk split had such a sibling.
+  When documents are too few or too large to fill the held-out splits, it falls back to ``chunk``.
 
 The group assignment is a small greedy fill written here (no library splits by connected components of a
 question-passage graph with target fractions): groups in a seeded shuffle, each into test while it fits the
@@ -64,13 +68,17 @@ class _Groups:
                 self.parent[other] = root
 
 
-def question_groups(positives: dict[str, list[str]], key: Callable[[str], str]) -> list[list[str]]:
+def question_groups(positives: dict[str, list[str]], key: Callable[[str], str],
+                    also: Callable[[str], str] | None = None) -> list[list[str]]:
     """The questions (by id) grouped by shared positive passages; ``key`` maps a passage id to what makes two
-    passages the same (its text), so copies under other ids join too. Each group sorted, groups in order of
-    their first id."""
+    passages the same (its text), so copies under other ids join too; ``also`` (optional) maps it to a second
+    thing whose sharers join (its source document). Each group sorted, groups in order of their first id."""
     uf = _Groups()
     for pids in positives.values():
         uf.join(key(p) for p in pids)
+        if also is not None:
+            for p in pids:
+                uf.join([key(p), "\0" + also(p)])  # prefixed: a document name never meets a text key
     members: dict[str, list[str]] = {}
     for qid, pids in positives.items():
         members.setdefault(uf.find(key(pids[0])), []).append(qid)
@@ -83,29 +91,55 @@ class SplitPlan:
 
     splits: dict[str, list[str]]
     by: str
-    groups: int | None = None  # with by 'chunk': groups of questions that share passages
+    groups: int | None = None  # with by 'document' or 'chunk': groups of questions that share passages (documents)
     largest_group: int | None = None
-    fallback: str | None = None  # why a 'chunk' split fell back to 'question'
+    fallback: str | None = None  # why a 'document' or 'chunk' split fell back to a finer one
 
     def describe(self) -> dict:
         out = {"by": self.by, "groups": self.groups, "largestGroup": self.largest_group, "fallback": self.fallback}
         return {k: v for k, v in out.items() if v is not None}
 
 
+def split_by_document(positives: dict[str, list[str]], key: Callable[[str], str], document: Callable[[str], str],
+                      validation: float, test: float, seed: int) -> SplitPlan:
+    """Whole groups of questions sharing passages or source documents per split; falls back to
+    ``split_by_chunk`` (and from there, maybe, to the question split), saying why, when the groups cannot fill
+    the held-out splits."""
+    groups = question_groups(positives, key, document)
+    largest = max((len(g) for g in groups), default=0)
+    splits, why = _fill(groups, len(positives), validation, test, seed, "documents")
+    if why is None:
+        return SplitPlan(splits, by="document", groups=len(groups), largest_group=largest)
+    finer = split_by_chunk(positives, key, validation, test, seed)
+    why += ": split by chunk instead"
+    return SplitPlan(finer.splits, by=finer.by, groups=finer.groups, largest_group=finer.largest_group,
+                     fallback=why if finer.fallback is None else f"{why}; then {finer.fallback}")
+
+
 def split_by_chunk(positives: dict[str, list[str]], key: Callable[[str], str], validation: float, test: float,
                    seed: int) -> SplitPlan:
     """Whole groups of questions per split (see the module doc). Falls back to the question split, saying why,
-    when the groups cannot fill the held-out splits: a single group (any split then puts a positive on both
-    sides), or one group so large that the test or validation split would get under half its target."""
+    when the groups cannot fill the held-out splits (see ``_fill``)."""
     groups = question_groups(positives, key)
-    n = len(positives)
+    largest = max((len(g) for g in groups), default=0)
+    splits, why = _fill(groups, len(positives), validation, test, seed, "passages")
+    if why is None:
+        return SplitPlan(splits, by="chunk", groups=len(groups), largest_group=largest)
+    return SplitPlan(split_questions(list(positives), validation, test, seed), by="question", groups=len(groups),
+                     largest_group=largest, fallback=f"{why}: split by question instead")
+
+
+def _fill(groups: list[list[str]], n: int, validation: float, test: float, seed: int,
+          shared: str) -> tuple[dict[str, list[str]] | None, str | None]:
+    """(question ids per split, None), whole groups in a seeded shuffle; or (None, why not) when the groups
+    cannot fill the held-out splits: a single group (any split then puts a positive on both sides), or one group
+    so large that the test or validation split would get under half its target. ``shared``: what the groups'
+    questions share, for the message."""
     largest = max((len(g) for g in groups), default=0)
     n_test, n_dev = target_sizes(n, validation, test)
     if len(groups) < 2 and n_test:
-        why = (f"all {n} questions share passages (one group), so no split keeps test positives out of training: "
-               "split by question instead")
-        return SplitPlan(split_questions(list(positives), validation, test, seed), by="question", groups=len(groups),
-                         largest_group=largest, fallback=why)
+        return None, (f"all {n} questions share {shared} (one group), so no split keeps test positives out of "
+                      "training")
     order = list(groups)
     random.Random(seed).shuffle(order)
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -121,11 +155,9 @@ def split_by_chunk(positives: dict[str, list[str]], key: Callable[[str], str], v
     short = [f"{s} {len(out[s])} of {want}" for s, want in (("test", n_test), ("dev", n_dev))
              if len(out[s]) * 2 < want]
     if short:  # one group holds most questions (real queries often share many relevant passages)
-        why = (f"the largest group of questions sharing passages holds {largest} of {n} questions, so whole groups "
-               f"fill only {' and '.join(short)} wanted: split by question instead")
-        return SplitPlan(split_questions(list(positives), validation, test, seed), by="question", groups=len(groups),
-                         largest_group=largest, fallback=why)
-    return SplitPlan({s: sorted(v) for s, v in out.items()}, by="chunk", groups=len(groups), largest_group=largest)
+        return None, (f"the largest group of questions sharing {shared} holds {largest} of {n} questions, so whole "
+                      f"groups fill only {' and '.join(short)} wanted")
+    return {s: sorted(v) for s, v in out.items()}, None
 
 
 def _smallest_group_to_test(order: list[list[str]], out: dict[str, list[str]]) -> None:
@@ -155,3 +187,13 @@ def seen_in_training(splits: dict[str, list[str]], positives: dict[str, list[str
                   "positives": len(passages),
                   "positivesSeenInTraining": len(passages & trained)}
     return out
+
+
+def documents_seen_in_training(splits: dict[str, list[str]], positives: dict[str, list[str]],
+                               document: Callable[[str], str]) -> dict[str, dict[str, int]]:
+    """Per held-out split: its questions about a source document that training also had a positive from, and
+    its distinct documents that are (0 under a document split; the chunk split leaves them)."""
+    seen = seen_in_training(splits, positives, document)
+    return {s: {"questions": v["questions"], "questionsWithSeenDocument": v["questionsWithSeenPositive"],
+                "documents": v["positives"], "documentsSeenInTraining": v["positivesSeenInTraining"]}
+            for s, v in seen.items()}

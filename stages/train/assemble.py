@@ -33,13 +33,14 @@ def fail(msg: str) -> StageFailed:
 def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     """A Trainer ready to ``fit``: resumed from the work folder's checkpoint when it is this run's."""
     tr, bm = ctx.spec.training, ctx.spec.base_model
-    data = read_training_set(ctx)
     dev = read_dev(ctx)
     info = join_process_group(ctx, scope)
     device = info.device
+    data = read_training_set(ctx, device)
     seed_everything(tr.seed)
     ctx.progress(f"{len(data.rows)} rows, {data.n_questions} questions, {data.n_neg} hard negatives per row"
                  f"{f' ({data.padded} padded)' if data.padded else ''}; device {device}, world size {info.world_size}")
+    ctx.progress(settings_line(tr))
     model = load_sentence_model(bm, device=device)
     workers, cache_facts = setup_feeding(ctx, data, model, device, scope)
     grad_ckpt = enable_gradient_checkpointing(model) if tr.gradient_checkpointing else False
@@ -66,12 +67,19 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     return trainer
 
 
-def read_training_set(ctx: StageContext) -> TrainingSet:
-    """prepare/train.jsonl, every row with exactly the spec's number of hard negatives."""
+def settings_line(tr) -> str:
+    """The training settings in one line, with the preset that filled the ones the spec left unset."""
+    rows = "every row" if tr.max_rows_per_question is None else f"at most {tr.max_rows_per_question} rows"
+    return (f"settings (preset {tr.preset}): lr {tr.learning_rate:g}, temperature {tr.temperature:g}, "
+            f"{tr.epochs} epochs, {rows} per question per epoch")
+
+
+def read_training_set(ctx: StageContext, device: str) -> TrainingSet:
+    """prepare/train.jsonl, every row with exactly the spec's number of hard negatives on ``device``."""
     tr, bm = ctx.spec.training, ctx.spec.base_model
     try:
         rows = load_rows(ctx.input("prepare") / "train.jsonl")
-        n_neg = ctx.spec.training_negatives()
+        n_neg = ctx.spec.training_negatives(device)
         if n_neg == 0 and not tr.in_batch_negatives:
             raise TrainDataError("no negatives at all: set training.negatives > 0 or training.inBatchNegatives: true")
         rows, padded = fit_negatives(rows, n_neg, tr.seed)

@@ -45,6 +45,8 @@ def details(t: Trainer, *, shipped: str, layout: str) -> dict[str, Any]:
         "compile": t.forward.as_dict(tr.compile),
         "tokenizerWorkers": t.workers,
         "tokenCache": {k: v for k, v in t.token_cache.items() if k != "summary"},
+        "preset": tr.preset,
+        "plannedEpochs": tr.epochs,
         "maxRowsPerQuestion": tr.max_rows_per_question,
         "rowsPerEpoch": sum(len(b) for b in t.sampler.batches(0)) * info.world_size,
         "negativesPerRow": t.data.n_neg,

@@ -298,3 +298,40 @@ def test_no_process_left_behind(control_plane_binaries, sig):
                     os.kill(p, signal.SIGKILL)
             # a runner killed by a signal keeps its workdir (logs)
             shutil.rmtree(info["workdir"], ignore_errors=True)
+
+
+class _RecordingPopen(subprocess.Popen):
+    """A Popen that remembers the grace each ``wait`` was given."""
+
+    graces: list[float] = []
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            self.graces.append(timeout)
+        return super().wait(timeout=timeout)
+
+
+def test_stop_shares_one_grace_among_processes_that_ignore_sigterm(tmp_path):
+    """Processes that sit out SIGTERM (a control plane still starting) share ``stop``'s grace, then die of
+    SIGKILL: three sequential graces outlasted the 30 s a signalled runner is given (CI failure)."""
+    from tests.support.controlplane import ControlPlane
+
+    cp = ControlPlane({"kube-apiserver": sys.executable}, workdir=tmp_path / "cp")
+    ignore_term = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                   "print('ready', flush=True); time.sleep(120)")
+    _RecordingPopen.graces = []
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+        cp.procs[name] = _RecordingPopen([sys.executable, "-c", ignore_term], stdout=subprocess.PIPE,
+                                         text=True, start_new_session=True)
+        assert cp.procs[name].stdout.readline() == "ready\n"
+    try:
+        cp.stop(timeout=1.0)
+        assert all(p.poll() == -signal.SIGKILL for p in cp.procs.values())
+        sigterm_graces = _RecordingPopen.graces[:3]
+        assert sigterm_graces[0] <= 1.0 and sum(sigterm_graces) <= 1.0 + 1e-6, _RecordingPopen.graces
+    finally:
+        for p in cp.procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()

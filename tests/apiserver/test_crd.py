@@ -35,7 +35,8 @@ def test_api_server_defaults_and_printer_columns(installed, kube_namespace):
     cp.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(_manifest("defaults", {})))
     got = json.loads(cp.kubectl("get", "eft", "defaults", "-n", kube_namespace, "-o", "json").stdout)
     spec = got["spec"]
-    assert spec["training"]["epochs"] == 3 and spec["corpus"]["chunking"]["maxTokens"] == 256
+    assert spec["training"]["preset"] == "measured" and spec["corpus"]["chunking"]["maxTokens"] == 256
+    assert "epochs" not in spec["training"]  # the preset's: left unset, so a later change of preset applies
     assert spec["evaluation"]["k"] == [1, 5, 10, 100] and spec["workspace"]["accessModes"] == ["ReadWriteOnce"]
     assert EmbeddingFinetuneSpec.model_validate(spec) == EmbeddingFinetuneSpec()
     header = cp.kubectl("get", "embeddingfinetunes", "-n", kube_namespace).stdout.splitlines()[0]

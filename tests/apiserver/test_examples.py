@@ -31,7 +31,7 @@ def test_accepted_by_the_api_server(control_plane, crd_applied, kube_namespace, 
                                  input=json.dumps(doc))
     stored = json.loads(proc.stdout)
     assert stored["metadata"]["namespace"] == kube_namespace
-    # the CRD's structural schema filled in the recipe defaults the file leaves out, as the spec model does
+    # the CRD's structural schema filled in the defaults the file leaves out, as the spec model does
     from eft.spec import parse_document
 
     model = parse_document(doc).spec

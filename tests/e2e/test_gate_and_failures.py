@@ -45,7 +45,7 @@ def test_a_gate_that_cannot_pass_stops_before_export_and_override_ships(real_clu
     rc, name = real_cluster, "gated"
     with namespace(rc) as ns:
         rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(
-            name, **{"evaluation.gate": {"metric": "ndcg@10", "minRelativeImprovement": 1.0}}))
+            name, **{"evaluation.gate": {"metric": "ndcg@10", "minRelativeImprovement": 1.0, "override": False}}))
         rc.kubectl("wait", "-n", ns, "--for=condition=Failed", f"embeddingfinetune/{name}", "--timeout=1500s",
                    timeout=1560)
         efr = rc.get("embeddingfinetune", name, "-n", ns)

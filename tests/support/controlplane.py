@@ -389,20 +389,24 @@ class ControlPlane(KubeTools):
         return self
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM each process group, last started first (etcd last), then SIGKILL."""
+        """SIGTERM each process group, last started first (etcd last), then SIGKILL what is left.
+
+        ``timeout`` is one grace period shared by all of them, not one each: a process still starting up
+        (a runner signalled right after ``start(wait=False)``) may sit out SIGTERM, and three sequential
+        graces of 10 s outlast what a caller that signals the runner will wait."""
+        deadline = time.monotonic() + timeout
         for name in reversed(list(self.procs)):
             p = self.procs.get(name)
             if p is None or p.poll() is not None:
                 continue
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            with contextlib.suppress(OSError):
                 os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs.values():
+            with contextlib.suppress(OSError):
                 os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
         for fh in self._logs:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):

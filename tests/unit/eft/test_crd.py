@@ -102,7 +102,9 @@ def test_defaults_match_the_model():
 
     defaulted = apply({"properties": {"spec": spec_schema}}, {})["spec"]
     assert EmbeddingFinetuneSpec.model_validate(defaulted) == EmbeddingFinetuneSpec()
-    assert defaulted["training"]["epochs"] == 3 and defaulted["corpus"]["chunking"]["maxTokens"] == 256
+    assert defaulted["training"]["preset"] == "measured" and defaulted["corpus"]["chunking"]["maxTokens"] == 256
+    # what the preset fills stays unset in the stored object, so a later change of preset takes effect
+    assert not {"epochs", "learningRate", "temperature", "maxRowsPerQuestion"} & set(defaulted["training"])
     partial = apply({"properties": {"spec": spec_schema}}, {"spec": {"corpus": {"path": "s3://b/x"}}})["spec"]
     assert partial["corpus"]["chunking"]["overlapTokens"] == 32 and partial["corpus"]["path"] == "s3://b/x"
 
@@ -125,8 +127,9 @@ def test_cel_rules_mirror_the_model_validators():
                                          "workspace.existingClaim"}
 
 
-# Validators the CRD restates with schema bounds instead of a CEL rule.
-SCHEMA_BOUND_VALIDATORS = {("EvaluationSpec", "_valid_k")}
+# Validators the CRD restates with schema bounds instead of a CEL rule, and those that check nothing (they fill
+# unset fields: the operator and the stages fill them when they load the stored object).
+SCHEMA_BOUND_VALIDATORS = {("EvaluationSpec", "_valid_k"), ("TrainingSpec", "_fill_from_preset")}
 
 
 def _validators(block) -> set[str]:

@@ -16,11 +16,25 @@ def write(tmp_path, text, name="spec.yaml"):
     return p
 
 
-def test_defaults_are_the_recipe():
+def test_defaults_are_the_measured_preset_and_the_recipe_is_one_word_away():
     s = EmbeddingFinetuneSpec()
     assert s.base_model.name == "bundled"
     assert s.mining.negatives == 4 and s.mining.margin == 0.95 and s.mining.candidates == 50
-    assert s.training.temperature == 0.02 and s.training.learning_rate == 1e-5 and s.training.epochs == 3
+    tr = s.training
+    assert tr.preset == "measured"
+    assert (tr.learning_rate, tr.temperature, tr.epochs, tr.max_rows_per_question) == (5e-5, 0.05, 2, 8)
+    assert s.training_negatives("cpu") == 0 and s.training_negatives("cuda:0") == 4
+    recipe = EmbeddingFinetuneSpec.model_validate({"training": {"preset": "recipe"}})
+    tr = recipe.training
+    assert (tr.learning_rate, tr.temperature, tr.epochs, tr.max_rows_per_question) == (1e-5, 0.02, 3, None)
+    assert recipe.training_negatives("cpu") == 4 and recipe.training_negatives("cuda") == 4
+    # a field the spec sets wins over the preset, and stays the user's in a dump
+    mixed = EmbeddingFinetuneSpec.model_validate({"training": {"preset": "recipe", "temperature": 0.05,
+                                                               "negatives": 1}})
+    assert (mixed.training.temperature, mixed.training.learning_rate) == (0.05, 1e-5)
+    assert mixed.training_negatives("cpu") == 1
+    assert mixed.model_dump(by_alias=True, exclude_unset=True)["training"] == {
+        "preset": "recipe", "temperature": 0.05, "negatives": 1}
     assert s.training.batch_size == "auto"
     assert s.evaluation.k == [1, 5, 10, 100] and s.evaluation.gate.metric == "ndcg@10"
     assert s.export.onnx.opset == 17 and s.export.onnx.int8 is True
@@ -68,12 +82,12 @@ def test_relative_corpus_path_resolves_against_the_spec_file(tmp_path):
         ({"mining": {"negatives": 10, "candidates": 5}}, "candidates (5) must be >= negatives (10)"),
         ({"corpus": {"chunking": {"maxTokens": 64, "overlapTokens": 64}}}, "overlapTokens (64) must be smaller"),
         ({"split": {"validation": 0.5, "test": 0.5}}, "leaves too little for training"),
-        ({"split": {"by": "row"}}, "spec.split.by: must be one of 'chunk' or 'question' (got 'row')"),
+        ({"split": {"by": "row"}}, "spec.split.by: must be one of 'document', 'chunk' or 'question' (got 'row')"),
         ({"evaluation": {"gate": {"dataset": "human"}, "datasets": [{"name": "nf", "path": "/d"}]}},
          "spec.evaluation: gate.dataset must be 'test' or the name of an evaluation.datasets entry (got 'human', "
          "have ['test', 'nf'])"),
         ({"evaluation": {"datasets": [{"name": "gate", "path": "/d"}]}},
-         "spec.evaluation.datasets[0]: the names 'test', 'gate', 'datasets', 'seenInTraining' and 'trainingSearch' are reserved"),
+         "spec.evaluation.datasets[0]: the names 'test', 'gate', 'datasets', 'seenInTraining', 'trainingSearch' and 'quotesRemoved' are reserved"),
         ({"evaluation": {"gate": {"metric": "ndcg@20"}}}, "gate metric ndcg@20 uses k=20, which is not in k"),
         ({"evaluation": {"gate": {"metric": "mrr@10"}}}, "spec.evaluation.gate.metric: String should match"),
         ({"evaluation": {"k": [0]}}, "spec.evaluation.k: every k must be between 1 and 1000"),

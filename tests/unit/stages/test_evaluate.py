@@ -139,9 +139,13 @@ def workspace_with_worse_model(tmp_path_factory):
     write_beir(root / "prepare" / "beir", dict(list(QUERIES.items())[:4]))
     # prepare's count of test positives seen in training (one of the four, as a question split may leave)
     seen = {"questions": 4, "questionsWithSeenPositive": 1, "positives": 4, "positivesSeenInTraining": 1}
+    quotes = {"sentences": 3, "passages": 2, "keptWhole": 1, "wordExtractsLeftOut": 5}
+    docs = {"questions": 4, "questionsWithSeenDocument": 2, "documents": 3, "documentsSeenInTraining": 1}
     write_json_atomic(root / "prepare" / "manifest.json", {"stage": "prepare", "status": "succeeded",
                                                            "outputsDigest": "prepare",
-                                                           "details": {"split": {"seenInTraining": {"test": seen}}}})
+                                                           "details": {"split": {"seenInTraining": {"test": seen},
+                                                                                 "documentsSeenInTraining": {"test": docs},
+                                                                                 "quotesRemoved": quotes}}})
     model = load_sentence_model(device="cpu")
     emb = model[0].auto_model.get_input_embeddings().weight
     with torch.no_grad():
@@ -180,9 +184,11 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     m = execute_stage(spec_with(ws, override=True), ws, "evaluate")
     out = ws.stage_dir("evaluate")
     data = json.loads((out / "metrics.json").read_text())
-    assert set(data) == {"test", "human", "gate", "datasets", "seenInTraining"}
+    assert set(data) == {"test", "human", "gate", "datasets", "seenInTraining", "quotesRemoved"}
+    assert data["quotesRemoved"] == {"sentences": 3, "passages": 2, "keptWhole": 1, "wordExtractsLeftOut": 5}
     assert data["seenInTraining"] == {"questions": 4, "questionsWithSeenPositive": 1, "positives": 4,
-                                      "positivesSeenInTraining": 1}
+                                      "positivesSeenInTraining": 1, "questionsWithSeenDocument": 2, "documents": 3,
+                                      "documentsSeenInTraining": 1}
     assert set(data["test"]) == {"base", "tuned"}
     assert set(data["human"]["base"]) == {f"{m_}@{k}" for m_ in ("ndcg", "recall", "map", "precision") for k in (1, 10)}
     g = data["gate"]
@@ -197,6 +203,9 @@ def test_gate_blocks_a_worse_model_and_override_ships_it(workspace_with_worse_mo
     table = evaluate.report(out)
     assert "| ndcg@10 |" in table and "### human" in table and "Quality gate overridden" in table
     assert "Test positives seen in training: 1 of 4 passages; 1 of 4 test questions have one" in table
+    assert "Their source documents seen in training (another chunk of them a training positive): 1 of 3; 2 of 4" in table
+    assert "Quoted sentences removed (split.removeQuotes): 3 from 2 validation and test passages" in table
+    assert "1 passages kept whole (too little left); 5 word-extract questions (offline keywords and title) left out" in table
     assert (out / "metrics.md").read_text() in table
 
 

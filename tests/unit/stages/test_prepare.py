@@ -155,8 +155,8 @@ def split_of(d) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_default_split_keeps_a_multi_hop_question_with_its_chunks_questions(tiny, seed):
-    d, _, stats = run_prepare(tiny, split={"validation": 0.1, "test": 0.2, "seed": seed})
+def test_the_chunk_split_keeps_a_multi_hop_question_with_its_chunks_questions(tiny, seed):
+    d, _, stats = run_prepare(tiny, split={"validation": 0.1, "test": 0.2, "seed": seed, "by": "chunk"})
     where = split_of(d)
     assert where["multi"] == where["q0"] == where["q1"]
     assert stats["split"]["by"] == "chunk" and stats["split"]["groups"] == 19 and stats["split"]["largestGroup"] == 3
@@ -177,8 +177,32 @@ def test_the_question_split_reports_the_test_positives_it_leaks(tiny):
     d, _, stats = run_prepare(tiny, split={"validation": 0.1, "test": 0.2, "seed": seed, "by": "question"})
     assert split_of(d)["multi"] == "test"
     seen = stats["split"]["seenInTraining"]["test"]
-    assert stats["split"] == {"by": "question", "seenInTraining": stats["split"]["seenInTraining"]}
+    assert stats["split"] == {"by": "question", "seenInTraining": stats["split"]["seenInTraining"],
+                              "documentsSeenInTraining": stats["split"]["documentsSeenInTraining"],
+                              "quotesRemoved": {"sentences": 0, "passages": 0, "keptWhole": 0,
+                                                "wordExtractsLeftOut": 0}}
     assert seen["questionsWithSeenPositive"] >= 1 and seen["positivesSeenInTraining"] >= 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_default_split_keeps_every_chunk_of_a_test_document_out_of_training(tmp_path, seed):
+    # two chunks per document, as ingest cuts a long file; one question about each chunk
+    corpus = [{"_id": f"d{i}-{k}", "title": t.title(), "text": f"Part {k} of the {t} handbook: keep a {t} safe.",
+               "metadata": {"source": f"{t}.md", "position": k}} for i, t in enumerate(TOPICS) for k in (0, 1)]
+    questions = [{"_id": f"q{i}-{k}", "text": f"{t} part {k}", "hops": 1, "positives": [f"d{i}-{k}"]}
+                 for i, t in enumerate(TOPICS) for k in (0, 1)]
+    ws = Workspace(tmp_path / "ws")
+    fake_upstream(ws, corpus, questions)
+    d, _, stats = run_prepare(ws, split={"validation": 0.1, "test": 0.2, "seed": seed})
+    where = split_of(d)
+    assert all(where[f"q{i}-0"] == where[f"q{i}-1"] for i in range(len(TOPICS)))  # both halves on one side
+    assert stats["split"]["by"] == "document" and stats["split"]["groups"] == len(TOPICS)
+    docs = stats["split"]["documentsSeenInTraining"]["test"]
+    assert docs["documentsSeenInTraining"] == docs["questionsWithSeenDocument"] == 0 and docs["documents"] >= 1
+    # the chunk split of the same questions puts sibling halves on both sides, and counts it
+    _, _, chunked = run_prepare(ws, split={"validation": 0.1, "test": 0.2, "seed": seed, "by": "chunk"})
+    assert chunked["split"]["seenInTraining"]["test"]["positivesSeenInTraining"] == 0
+    assert chunked["split"]["documentsSeenInTraining"]["test"]["questionsWithSeenDocument"] >= 1
 
 
 def test_multi_hop_question_unrolls_into_rows_sharing_negatives(tiny):

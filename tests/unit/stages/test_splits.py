@@ -1,8 +1,9 @@
-"""splits: the question split, the chunk split's groups and fill, and the leak count."""
+"""splits: the question split, the chunk and document splits' groups, fill and fallbacks, and the leak counts."""
 
 import pytest
 
-from eft.stages.splits import question_groups, seen_in_training, split_by_chunk, split_questions, target_sizes
+from eft.stages.splits import (documents_seen_in_training, question_groups, seen_in_training, split_by_chunk,
+                               split_by_document, split_questions, target_sizes)
 
 
 def test_question_split_is_deterministic_and_disjoint():
@@ -85,3 +86,44 @@ def test_a_group_that_swallows_most_questions_falls_back_and_says_why():
     assert plan.by == "question" and plan.largest_group == 95
     assert "holds 95 of 100 questions" in plan.fallback and "fill only dev 0 of 5 wanted" in plan.fallback
     assert len(plan.splits["test"]) == 10 and len(plan.splits["dev"]) == 5
+
+
+def document_of(pid: str) -> str:
+    """Chunks c0..c99 cut from documents of four chunks each: c0-c3 from doc0, c4-c7 from doc1, ..."""
+    return f"doc{int(pid[1:]) // 4}"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_document_split_keeps_every_chunk_of_a_held_out_document_out_of_training(seed):
+    pos = siblings(100, 3)
+    plan = split_by_document(pos, str, document_of, 0.05, 0.1, seed)
+    assert plan.by == "document" and plan.groups == 25 and plan.largest_group == 12 and plan.fallback is None
+    trained = {document_of(p) for q in plan.splits["train"] for p in pos[q]}
+    for s in ("dev", "test"):
+        assert plan.splits[s] and not ({document_of(p) for q in plan.splits[s] for p in pos[q]} & trained), s
+    assert sorted(q for v in plan.splits.values() for q in v) == sorted(pos)
+    seen = documents_seen_in_training(plan.splits, pos, document_of)
+    assert seen["test"]["documentsSeenInTraining"] == seen["test"]["questionsWithSeenDocument"] == 0
+    assert seen["test"]["questions"] == len(plan.splits["test"]) and seen["test"]["documents"] == len(plan.splits["test"]) // 12
+
+
+def test_the_chunk_split_leaves_sibling_chunks_of_test_documents_in_training():
+    pos = siblings(100, 3)
+    plan = split_by_chunk(pos, str, 0.05, 0.1, 0)
+    seen = documents_seen_in_training(plan.splits, pos, document_of)
+    assert seen_in_training(plan.splits, pos, str)["test"]["positivesSeenInTraining"] == 0
+    assert seen["test"]["questionsWithSeenDocument"] > seen["test"]["questions"] / 2  # the leak a document split removes
+
+
+def test_too_few_documents_fall_back_to_the_chunk_split_and_say_why():
+    pos = siblings(40, 3)  # 40 chunks of 2 documents: one document would be half the questions
+    plan = split_by_document(pos, str, lambda p: f"doc{int(p[1:]) // 20}", 0.05, 0.1, 0)
+    assert plan.by == "chunk" and plan.groups == 40 and plan.largest_group == 3
+    assert plan.fallback.startswith("the largest group of questions sharing documents holds 60 of 120 questions")
+    assert plan.fallback.endswith("split by chunk instead")
+    one = split_by_document(pos, str, lambda p: "only-doc", 0.05, 0.1, 0)
+    assert one.by == "chunk" and "all 120 questions share documents (one group)" in one.fallback
+    # ... and a chunk split that cannot be made either falls back once more, saying both
+    same = {f"q{i}": ["same"] for i in range(10)}
+    both = split_by_document(same, str, lambda p: "doc", 0.1, 0.2, 0)
+    assert both.by == "question" and both.fallback.count("one group") == 2 and "; then " in both.fallback

@@ -16,8 +16,8 @@ from tests.unit.stages.test_train import make_spec, write_prepare
 
 def test_candidates_start_with_the_specs_own_settings_and_never_repeat():
     assert candidates(1e-5, 0.02, 3) == [(1e-5, 0.02), (5e-5, 0.05), (1e-5, 0.05)]
-    # a spec already at 5e-5 / 0.05: the duplicates fall out and later candidates move up
-    assert candidates(5e-5, 0.05, 6) == [(5e-5, 0.05), (2e-5, 0.05), (1e-4, 0.05)]
+    # the 'measured' preset's own pair: the duplicates fall out, the recipe's pair comes second
+    assert candidates(5e-5, 0.05, 6) == [(5e-5, 0.05), (1e-5, 0.02), (2e-5, 0.05), (1e-4, 0.05)]
     assert candidates(1e-5, 0.02, 1) == [(1e-5, 0.02)]
 
 
@@ -45,7 +45,7 @@ def searched(tmp_path_factory):
 def test_the_search_runs_its_trials_and_trains_with_the_best(searched):
     ws, m, progress = searched
     s = m["details"]["search"]
-    assert [(t["learningRate"], t["temperature"]) for t in s["trials"]] == [(1e-6, 0.5), (5e-5, 0.05), (1e-6, 0.05)]
+    assert [(t["learningRate"], t["temperature"]) for t in s["trials"]] == [(1e-6, 0.5), (5e-5, 0.05), (1e-5, 0.02)]
     assert all(t["steps"] >= 1 and t["valNdcg10"] is not None for t in s["trials"])
     best = max(s["trials"], key=lambda t: t["valNdcg10"])
     assert s["chosen"] == {"learningRate": best["learningRate"], "temperature": best["temperature"]}
@@ -90,3 +90,31 @@ def test_a_search_without_a_validation_split_fails_clearly(tmp_path):
     (ws.root / "prepare" / "beir" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n")
     with pytest.raises(StageFailed, match="validation split, which is empty"):
         execute_stage(make_spec(epochs=1, search={"trials": 2}), ws, "train", settings=StageSettings(device="cpu"))
+
+
+def test_the_default_searches_on_one_gpu_only():
+    assert search_module.default_trials("cuda", 1) == search_module.GPU_DEFAULT_TRIALS > 1
+    assert search_module.default_trials("cuda:0", 1) == search_module.GPU_DEFAULT_TRIALS
+    assert search_module.default_trials("cpu", 1) == 1
+    assert search_module.default_trials("cuda", 2) == 1  # torchrun: the search runs in one process
+
+
+def test_a_cpu_run_with_the_search_unset_trains_once(tmp_path):
+    ws = write_prepare(tmp_path / "ws")
+    efr = make_spec(epochs=1)
+    assert efr.spec.training.search.trials is None
+    progress: list[str] = []
+    m = execute_stage(efr, ws, "train", progress=progress.append, settings=StageSettings(device="cpu"))
+    assert "search" not in m["details"] and not any(p.startswith("search:") for p in progress)
+
+
+def test_the_default_search_skips_an_empty_validation_split_where_a_set_one_fails(tmp_path, monkeypatch):
+    # as on one GPU: the default asks for trials
+    monkeypatch.setattr(search_module, "default_trials", lambda device, world: 3)
+    ws = write_prepare(tmp_path / "ws")
+    (ws.root / "prepare" / "beir" / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    progress: list[str] = []
+    m = execute_stage(make_spec(epochs=1), ws, "train", progress=progress.append,
+                      settings=StageSettings(device="cpu"))
+    assert "search" not in m["details"]
+    assert any("search: skipped" in p and "validation split is empty" in p for p in progress)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster_diagnosis import diagnose
 from tests.support.controlplane import KubeTools, load_build_module, unavailable
 from tests.support.modules import load_file_module
 from tests.support.paths import REPO  # noqa: E402
@@ -40,6 +41,9 @@ OPERATOR_NAMESPACE = "eft-system"
 RELEASE = "eft"
 
 _MISSING_KEY = pytest.StashKey[str]()
+_DIAGNOSES_KEY = pytest.StashKey[list]()
+# a failed session fixture fails every test after it: the first few reports say all there is to say
+MAX_DIAGNOSES = 3
 
 
 def cluster_module():
@@ -62,6 +66,12 @@ class RealCluster(KubeTools):
         self.node = state["node"]
         self.tool_dir = load_build_module().bin_dir()
         self.workdir = Path(self.kubeconfig).parent
+        self.log_dir = Path(state["logs"]) if state.get("logs") else None
+
+    def diagnose(self) -> str:
+        """The nodes, unhealthy pods, warning events, the host's disk and memory and the node's recent errors."""
+        cl = cluster_module()
+        return diagnose(self.kubectl, self.log_dir, ["/", str(cl.RUN_DIR), str(cl.CACHE_DIR)])
 
     def get(self, *args) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -94,7 +104,29 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: needs the real single-node cluster and the images (tests/cluster)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """An e2e failure (in setup or in the test) carries the cluster's state at that moment."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or "real_cluster" not in getattr(item, "fixturenames", ()):
+        return
+    done = item.config.stash.setdefault(_DIAGNOSES_KEY, [])
+    state = cluster_module().running_state()
+    if len(done) >= MAX_DIAGNOSES or state is None:
+        return
+    text = RealCluster(state).diagnose()
+    done.append((item.nodeid, text))
+    report.sections.append(("real cluster at this failure", text))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    diagnoses = config.stash.get(_DIAGNOSES_KEY, [])
+    if diagnoses:
+        # repeated here, at the end, because CI shows the tail of the output
+        nodeid, text = diagnoses[0]
+        terminalreporter.write_sep("!", f"the real cluster when {nodeid} failed", red=True)
+        terminalreporter.write_line(text)
     missing = config.stash.get(_MISSING_KEY, None)
     if missing:
         terminalreporter.write_sep("!", "real cluster unavailable: e2e tests were skipped", red=True)

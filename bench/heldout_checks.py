@@ -19,6 +19,8 @@ from eft.models import BaseModelSpec, load_sentence_model  # noqa: E402
 from eft import metrics  # noqa: E402
 from eft.stages.chunking import split_sentences  # noqa: E402
 
+if len(sys.argv) < 4 or not Path(sys.argv[1], "prepare/beir").is_dir():
+    sys.exit(__doc__ + "\nneeds WORKSPACE/offline (after prepare), HUMAN_BEIR_DIR and at least one name=model")
 ws = Path(sys.argv[1])  # an offline workspace after prepare
 human_dir = sys.argv[2]
 models = dict(a.split("=", 1) for a in sys.argv[3:])  # name=path|bundled

@@ -951,8 +951,9 @@ class EmbeddingFinetuneSpec(SpecModel):
         "them; unset = the platform's default queue (chart value policy.defaultQueue), else no queueing.")
     suspend: bool = Field(default=False, description="Pause between stages.")
 
-    def training_negatives(self, device: str = "cuda") -> int:
-        """Hard negatives per training row on ``device`` ('cpu', 'cuda', 'cuda:0', ...)."""
+    def training_negatives(self, device: str) -> int:
+        """Hard negatives per training row on ``device`` ('cpu', 'cuda', 'cuda:0', ...): no default, since the
+        'measured' preset's answer depends on it."""
         tr = self.training
         if tr.negatives is not None:
             return tr.negatives

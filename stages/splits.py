@@ -107,7 +107,7 @@ def split_by_document(positives: dict[str, list[str]], key: Callable[[str], str]
     the held-out splits."""
     groups = question_groups(positives, key, document)
     largest = max((len(g) for g in groups), default=0)
-    splits, why = _fill(groups, len(positives), validation, test, seed, "documents")
+    splits, why = _fill(groups, largest, len(positives), validation, test, seed, "documents")
     if why is None:
         return SplitPlan(splits, by="document", groups=len(groups), largest_group=largest)
     finer = split_by_chunk(positives, key, validation, test, seed)
@@ -122,20 +122,19 @@ def split_by_chunk(positives: dict[str, list[str]], key: Callable[[str], str], v
     when the groups cannot fill the held-out splits (see ``_fill``)."""
     groups = question_groups(positives, key)
     largest = max((len(g) for g in groups), default=0)
-    splits, why = _fill(groups, len(positives), validation, test, seed, "passages")
+    splits, why = _fill(groups, largest, len(positives), validation, test, seed, "passages")
     if why is None:
         return SplitPlan(splits, by="chunk", groups=len(groups), largest_group=largest)
     return SplitPlan(split_questions(list(positives), validation, test, seed), by="question", groups=len(groups),
                      largest_group=largest, fallback=f"{why}: split by question instead")
 
 
-def _fill(groups: list[list[str]], n: int, validation: float, test: float, seed: int,
+def _fill(groups: list[list[str]], largest: int, n: int, validation: float, test: float, seed: int,
           shared: str) -> tuple[dict[str, list[str]] | None, str | None]:
     """(question ids per split, None), whole groups in a seeded shuffle; or (None, why not) when the groups
     cannot fill the held-out splits: a single group (any split then puts a positive on both sides), or one group
     so large that the test or validation split would get under half its target. ``shared``: what the groups'
-    questions share, for the message."""
-    largest = max((len(g) for g in groups), default=0)
+    questions share, and ``largest``, the size of the largest group, are for the message."""
     n_test, n_dev = target_sizes(n, validation, test)
     if len(groups) < 2 and n_test:
         return None, (f"all {n} questions share {shared} (one group), so no split keeps test positives out of "

@@ -3,7 +3,7 @@
 Inputs: prepare/train.jsonl (one row per question and positive, with hard negatives) and, for
 validation, prepare/beir (split 'dev', when it has queries).
 
-Each query is contrasted with its positive, its ``spec.training_negatives()`` hard negatives and (with
+Each query is contrasted with its positive, its ``spec.training_negatives(device)`` hard negatives and (with
 ``training.inBatchNegatives``) every other passage of the (global) batch, at temperature
 ``training.temperature`` (loss.py). Batches never hold one question twice (sampler.py), and in-batch
 passages that are known positives of a row's question are masked. AdamW with linear warmup/decay

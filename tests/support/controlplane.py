@@ -404,6 +404,8 @@ class ControlPlane(KubeTools):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
         for p in self.procs.values():
+            if p.poll() is not None:
+                continue  # reaped: its process group id may already belong to someone else
             with contextlib.suppress(OSError):
                 os.killpg(p.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -7,9 +7,7 @@ nDCG@10 on the product's synthetic test split (C0) and on variants built from th
 documents, beside the human test queries of HUMAN_BEIR_DIR. Results: bench/results/*heldout-check-variants*.
 """
 import json
-import math
 import os
-import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eft.models import BaseModelSpec, load_sentence_model  # noqa: E402
 from eft import metrics  # noqa: E402
 from eft.stages.chunking import split_sentences  # noqa: E402
+from eft.stages.quotes import MIN_QUOTE_WORDS, MIN_REST_WORDS, _norm  # noqa: E402
+from eft.stages.sdg import offline  # noqa: E402
 
 if len(sys.argv) < 4 or not Path(sys.argv[1], "prepare/beir").is_dir():
     sys.exit(__doc__ + "\nneeds WORKSPACE/offline (after prepare), HUMAN_BEIR_DIR and at least one name=model")
@@ -31,14 +31,8 @@ def jl(p):
 
 chunks = {c["_id"]: c for c in jl(ws / "ingest/corpus.jsonl")}
 qs = {q["_id"]: q for q in jl(ws / "sdg/questions.jsonl")}
-def qrels(split):
-    out = defaultdict(dict)
-    for i, line in enumerate(open(ws / f"prepare/beir/qrels/{split}.tsv")):
-        if i:
-            a, b, s = line.split("\t")
-            out[a][b] = int(s)
-    return out
-test_q = qrels("test")
+product_test = metrics.load_beir(ws / "prepare/beir", "test")
+test_q = product_test.qrels
 heldout = [qs[q] for q in test_q]
 beir_corpus = {r["_id"]: r for r in jl(ws / "prepare/beir/corpus.jsonl")}
 doc_of = {cid: (c.get("metadata") or {}).get("source") or cid for cid, c in chunks.items()}
@@ -49,33 +43,27 @@ test_docs = sorted({doc_of[p] for q in heldout for p in q["positives"]})
 print(f"workspace {ws}: {len(chunks)} chunks, {len(heldout)} test questions "
       f"({Counter(q.get('kind') for q in heldout)}), {len(test_docs)} test documents")
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{2,}")
-df = Counter()
-for c in chunks.values():
-    df.update({w.lower() for w in _WORD.findall(c["text"])})
-idf = {w: math.log((len(chunks) + 1) / (d + 0.5)) for w, d in df.items()}
+# the offline generator's own tf-idf keywords and prepare's own notion of a quoted sentence
+idf = offline._idf(list(chunks.values()))
 
 def kw(text, k):
-    tf = Counter(w.lower() for w in _WORD.findall(text))
-    return " ".join(sorted(tf, key=lambda w: (-tf[w] * idf.get(w, 0), w))[:k])
-
-def norm(t):
-    return " ".join(t.lower().split()).rstrip(".")
+    return " ".join(offline._keywords(text, idf, k))
 
 def sentences(text):
     return [s for p in text.split("\n\n") for s in split_sentences(" ".join(p.split()))]
 
 def remove_window(text, quoted, w):
     ss = sentences(text)
-    hit = [i for i, s in enumerate(ss) if len(norm(s).split()) >= 5 and any(norm(s) in norm(q) for q in quoted)]
+    hit = [i for i, s in enumerate(ss)
+           if len(_norm(s).split()) >= MIN_QUOTE_WORDS and any(_norm(s) in _norm(q) for q in quoted)]
     drop = {j for i in hit for j in range(i - w, i + w + 1)}
     rest = [s for j, s in enumerate(ss) if j not in drop]
-    return " ".join(rest) if len(" ".join(rest).split()) >= 8 else text
+    return " ".join(rest) if len(" ".join(rest).split()) >= MIN_REST_WORDS else text
 
 checks = {}
 base_corpus = {cid: {"title": c.get("title") or "", "text": c["text"]} for cid, c in chunks.items()}
 # C0: the product's split as written
-checks["C0 product test"] = metrics.load_beir(ws / "prepare/beir", "test")
+checks["C0 product test"] = product_test
 # C3: remove the quoted sentence and w neighbours on each side
 for w in (1, 2):
     quoting = defaultdict(list)

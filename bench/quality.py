@@ -146,8 +146,9 @@ def _delta(res: dict, metric: str) -> str:
 def _gate(g: dict, best_epoch: int | None = None) -> str:
     # best epoch 0 is the base model: validation kept its weights, so "ships" would read as a tuned model
     shipped = "base weights ship (no epoch beat them on validation)" if best_epoch == 0 else "tuned model ships"
-    verdict = {"passed": f"passed: {shipped}", "failed": "failed: base model kept"}.get(g.get("status"),
-                                                                                    g.get("status", "?"))
+    failed = "failed: base model kept" if not g.get("unverifiable") else \
+        f"failed ({g['unverifiable']}: the split is no evidence): base model kept"
+    verdict = {"passed": f"passed: {shipped}", "failed": failed}.get(g.get("status"), g.get("status", "?"))
     return f"{verdict} (judged on {g.get('dataset', '?')})"
 
 

@@ -313,7 +313,11 @@ def status_schema() -> dict[str, Any]:
                     "baseNdcg10": {"description": "nDCG@10 of the base model on the test split.", "type": "number"},
                     "tunedNdcg10": {"description": "nDCG@10 of the tuned model on the test split.",
                                     "type": "number"},
-                    "gate": {"description": "Quality gate outcome (passed, failed).", "type": "string"},
+                    "gate": {"description": "Quality gate outcome (passed, failed, overridden).", "type": "string"},
+                    "gateReason": {"description": "Why the gate did not pass whatever the metric said: "
+                                                  "offlineQuestionsOnly (judged on a synthetic test split of the "
+                                                  "offline generator's questions, which cannot show a better "
+                                                  "model).", "type": "string"},
                 },
             },
             "endpoint": {"description": "Base URL of the serving Service (OpenAI-compatible /v1/embeddings).",

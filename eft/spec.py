@@ -567,7 +567,8 @@ class EvaluationSpec(SpecModel):
         default_factory=GateSpec,
         description="Quality gate: the tuned model is exported and served only when it passes (or `override` is "
         "set). It is measured on `gate.dataset`; by default the first of `datasets` when there is one, else the "
-        "synthetic test split.",
+        "synthetic test split. A synthetic test split of the offline generator's questions alone is no evidence "
+        "(they are cut from their passages): judged on it, the gate fails unless training kept the base weights.",
     )
     datasets: list[EvalDatasetSpec] = Field(
         default_factory=list, max_length=16, description="Extra human-labelled BEIR datasets to evaluate on."

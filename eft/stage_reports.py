@@ -18,6 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 GateStatus = Literal["passed", "failed", "overridden"]
 
+# Why a gate failed although the metric did not (EvaluateReport.gate_reason), and what to tell the user.
+# offlineQuestionsOnly: measured in the README (Benchmarks, "The synthetic split's verdict against human
+# queries"): on questions cut from their own passages, six held-out checks called a model better that human
+# queries called 10.6% worse, and called a model trained on human queries worse; such a split is no evidence.
+GATE_REASONS = {
+    "offlineQuestionsOnly": (
+        "every synthetic test question was cut from its passage by the offline generator, and such a split "
+        "rewards matching those copies, not retrieval, so it cannot show that the tuned model is better; "
+        "judge the gate on a human-labelled evaluation.datasets entry, or write questions with an LLM "
+        "(sdg.backend openai) or supply real ones (spec.queries)"),
+}
+GateReason = Literal["offlineQuestionsOnly"]
+
 
 class _Report(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
@@ -61,6 +74,8 @@ class EvaluateReport(_Report):
     gate_tuned: float | None = Field(None, alias="gateTuned")
     relative_improvement: float | None = Field(None, alias="relativeImprovement")
     required: float | None = None
+    # set when the gate's dataset cannot tell (GATE_REASONS); the gate then does not pass whatever the metric
+    gate_reason: GateReason | None = Field(None, alias="gateReason")
 
     def blocks_shipping(self) -> bool:
         """The gate failed and was not overridden: nothing is exported or served."""

@@ -9,7 +9,7 @@ from typing import Any
 from eft.controller.children import evaluate_report
 from eft.controller.conditions import Condition, ConditionType
 from eft.controller.settings import Settings
-from eft.stage_reports import EvaluateReport
+from eft.stage_reports import GATE_REASONS, EvaluateReport
 
 _GATE = ConditionType.QUALITY_GATE_PASSED
 
@@ -45,6 +45,8 @@ def _gate_condition(done: bool, report: EvaluateReport | None, waiting: bool) ->
         return Condition(_GATE, "True", "Passed", gate_message(report))
     if report is not None and report.gate == "overridden":
         return Condition(_GATE, "False", "Overridden", gate_message(report) + "; shipped anyway (gate.override)")
+    if report is not None and report.gate_reason is not None:
+        return Condition(_GATE, "False", "Unverifiable", gate_message(report))
     if report is not None:
         return Condition(_GATE, "False", "BelowThreshold", gate_message(report))
     if waiting:
@@ -60,7 +62,8 @@ def gate_message(r: EvaluateReport) -> str:
         return f"gate {r.gate} on {r.gate_metric} ({r.gate_dataset})"
     change = f" ({r.relative_improvement:+.1%}" if r.relative_improvement is not None else " ("
     required = f", required >= {r.required:+.1%})" if r.required is not None else ")"
-    return f"{r.gate_metric} on {r.gate_dataset}: base {base:.4f}, tuned {tuned:.4f}{change}{required}"
+    why = f"; not accepted as evidence: {GATE_REASONS[r.gate_reason]}" if r.gate_reason else ""
+    return f"{r.gate_metric} on {r.gate_dataset}: base {base:.4f}, tuned {tuned:.4f}{change}{required}{why}"
 
 
 def _parse_time(s: str | None) -> datetime | None:

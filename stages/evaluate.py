@@ -11,7 +11,9 @@ with beir's EvaluateRetrieval.evaluate (pytrec_eval) at ``evaluation.k``: nDCG, 
 Quality gate (``evaluation.gate``): measured on ``gate.dataset``; by default the FIRST extra dataset when
 there is one (human labels are the measure that matters and are not produced by the pipeline that trained
 the model), otherwise on the synthetic test split. It passes when (tuned - base) / base >= minRelativeImprovement
-(default 0: tuned must not be worse). The gate is a verdict, not a failure of the stage: evaluate
+(default 0: tuned must not be worse) and the dataset can tell: a synthetic test split of the offline generator's
+questions alone cannot (unverifiable_reason), so a gate judged on it fails unless train shipped the base weights
+(the README's Benchmarks show why). The gate is a verdict, not a failure of the stage: evaluate
 succeeds either way (a pod exits 0, so a Job never retries a measurement), writes its outputs and
 reports the verdict (eft.stage_reports.EvaluateReport); whoever runs the pipeline then stops before
 export when the report blocks shipping, and the export stage itself refuses such a model.
@@ -34,7 +36,7 @@ from typing import Any
 
 from eft.pipeline import StageContext, StageFailed
 from eft.spec import RESERVED_DATASET_NAMES
-from eft.stage_reports import EvaluateReport
+from eft.stage_reports import GATE_REASONS, EvaluateReport
 from eft.workspace import StageResult, read_json, write_json_atomic
 
 log = logging.getLogger("eft.evaluate")
@@ -97,13 +99,29 @@ def evaluate_model(model, sets: list[EvalSet], k_values: list[int], qprefix: str
     return out
 
 
-def compute_gate(results: dict[str, dict[str, dict[str, float]]], dataset: str, gate) -> dict[str, Any]:
+def unverifiable_reason(dataset: str, split: dict[str, Any], shipped: str | None) -> str | None:
+    """Why the gate's dataset cannot show that the tuned model is better (a key of GATE_REASONS), or None.
+
+    A synthetic test split holding only the offline generator's questions (prepare's split.questionSources)
+    is no evidence: those questions are cut from their passages, and such a split called a model better that
+    human queries called worse (README, Benchmarks). Mixed or LLM-written questions are judged as before. When
+    train shipped the base weights (no epoch beat them on validation) the "tuned" model is the base model, and
+    there is nothing to verify."""
+    if dataset != TEST or shipped == "base":
+        return None
+    sources = (split.get("questionSources") or {}).get(TEST) or {}
+    return "offlineQuestionsOnly" if sources and set(sources) == {"offline"} else None
+
+
+def compute_gate(results: dict[str, dict[str, dict[str, float]]], dataset: str, gate,
+                 unverifiable: str | None = None) -> dict[str, Any]:
+    """The gate's verdict; `unverifiable` (unverifiable_reason) fails it whatever the metric says."""
     from eft.metrics import relative_change
 
     base = results[dataset]["base"][gate.metric]
     tuned = results[dataset]["tuned"][gate.metric]
     rel = relative_change(base, tuned)
-    passed = rel >= gate.min_relative_improvement - 1e-12
+    passed = rel >= gate.min_relative_improvement - 1e-12 and unverifiable is None
     status = "passed" if passed else ("overridden" if gate.override else "failed")
     return {
         "dataset": dataset,
@@ -115,6 +133,7 @@ def compute_gate(results: dict[str, dict[str, dict[str, float]]], dataset: str, 
         "passed": passed,
         "override": gate.override,
         "status": status,
+        "unverifiable": unverifiable,
     }
 
 
@@ -128,8 +147,9 @@ def _pct(x: float | None) -> str:
 
 def gate_line(g: dict[str, Any]) -> str:
     op = "<" if g["tuned"] < g["base"] else ("=" if g["tuned"] == g["base"] else ">")
-    return (f"{g['metric']} on {g['dataset']}: tuned {g['tuned']:.3f} {op} base {g['base']:.3f} "
+    line = (f"{g['metric']} on {g['dataset']}: tuned {g['tuned']:.3f} {op} base {g['base']:.3f} "
             f"({_pct(g['relativeChange'])}, required >= {_pct(g['required'])})")
+    return line + (f"; not accepted as evidence: {GATE_REASONS[g['unverifiable']]}" if g.get("unverifiable") else "")
 
 
 def gate_failure_message(g: dict[str, Any]) -> str:
@@ -266,14 +286,15 @@ def run(ctx: StageContext) -> StageResult:
         del model
 
     gate_ds = ev.gate.dataset or (sets[1].name if len(sets) > 1 else TEST)
-    gate = compute_gate(results, gate_ds, ev.gate)
-    m: dict[str, Any] = dict(results)
-    m["gate"] = gate
-    search = (ctx.input_manifest("train").get("details") or {}).get("search")
-    if search:
-        m["trainingSearch"] = search
+    train_details = ctx.input_manifest("train").get("details") or {}
     # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
     split = (ctx.input_manifest("prepare").get("details") or {}).get("split") or {}
+    gate = compute_gate(results, gate_ds, ev.gate, unverifiable_reason(gate_ds, split, train_details.get("shipped")))
+    m: dict[str, Any] = dict(results)
+    m["gate"] = gate
+    search = train_details.get("search")
+    if search:
+        m["trainingSearch"] = search
     seen = (split.get("seenInTraining") or {}).get("test")
     if seen is not None:
         m["seenInTraining"] = {**seen, **((split.get("documentsSeenInTraining") or {}).get("test") or {})}
@@ -292,7 +313,7 @@ def run(ctx: StageContext) -> StageResult:
         gate=gate["status"], gate_metric=gate["metric"], gate_dataset=gate_ds,
         gate_base=None if gate["metric"] == "ndcg@10" else round(gate["base"], 4),
         gate_tuned=None if gate["metric"] == "ndcg@10" else round(gate["tuned"], 4),
-        relative_improvement=gate["relativeChange"], required=gate["required"])
+        relative_improvement=gate["relativeChange"], required=gate["required"], gate_reason=gate["unverifiable"])
     test = results[TEST]
     counts = {
         "queries": len(sets[0].data.queries),

@@ -95,7 +95,8 @@ def run(ctx: StageContext) -> StageResult:
                   "seenInTraining": seen_in_training(splits, positives, _text_key(corpus, row_of)),
                   "documentsSeenInTraining": documents_seen_in_training(splits, positives,
                                                                         _document_key(corpus, row_of)),
-                  "quotesRemoved": {**quotes.describe(), "wordExtractsLeftOut": extracts} if quotes else None},
+                  "quotesRemoved": {**quotes.describe(), "wordExtractsLeftOut": extracts} if quotes else None,
+                  "questionSources": question_sources(by_id, splits)},
         "questionsWithoutPositiveInCorpus": unknown_positive,
         "trainRows": n_rows,
         "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
@@ -109,6 +110,13 @@ def run(ctx: StageContext) -> StageResult:
         details=stats,
         summary=f"{n_rows} training rows, {len(splits['test'])} test questions",
     )
+
+
+def question_sources(by_id: dict[str, dict], splits: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """Per split, how many questions each source wrote (sdg's `backend`: offline, openai, supplied): the
+    evaluate stage does not accept a test split of offline questions alone as the gate's evidence."""
+    return {s: dict(sorted(Counter(by_id[q].get("backend") or "unknown" for q in splits[s]).items()))
+            for s in SPLITS}
 
 
 def _text_key(corpus: list[dict], row_of: dict[str, int]):
@@ -285,7 +293,8 @@ def _write_beir(beir: Path, corpus: list[dict], by_id: dict[str, dict], splits: 
     _write_jsonl(beir / "corpus.jsonl", ({"_id": c["_id"], "title": c.get("title", ""), "text": c["text"]}
                                          for c in corpus))
     _write_jsonl(beir / "queries.jsonl", ({"_id": q["_id"], "text": q["text"],
-                                           "metadata": {"split": s, "hops": q.get("hops", 1)}}
+                                           "metadata": {"split": s, "hops": q.get("hops", 1),
+                                                        "source": q.get("backend") or "unknown"}}
                                           for s in SPLITS for q in (by_id[x] for x in splits[s])))
     for s in SPLITS:
         _write_qrels(beir / "qrels" / f"{s}.tsv", [by_id[x] for x in splits[s]])

@@ -133,6 +133,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(missing, red=True)
 
 
+def _run_cluster_py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CLUSTER_PY), *args], capture_output=True, text=True, timeout=600)
+
+
+def clean_host_snapshot(cl, run_cluster_py) -> dict[str, list[str]]:
+    """The host as `up` should find it, for the teardown check.
+
+    A cluster that an earlier run left without `down` (its run folder still there, its supervisor killed: a
+    run cut off, a machine reused) is torn down first, as `up` does when it finds the state file. Otherwise the baseline would hold
+    that cluster's mounts, links and sysctls, and the check would call their removal a change to the host."""
+    if cl.read_state() is not None or cl.RUN_DIR.exists():
+        proc = run_cluster_py("down")
+        if proc.returncode != 0:
+            pytest.fail(f"could not clean up the cluster an earlier run left:\n{proc.stderr[-4000:]}", pytrace=False)
+        print("tests/support/cluster.py: cleaned up the cluster an earlier run left (its run folder, no "
+              "running supervisor) before recording the host's state", file=sys.stderr)
+    return cl.host_snapshot()
+
+
 @pytest.fixture(scope="session")
 def real_cluster(request, control_plane_binaries):
     cl = cluster_module()
@@ -143,15 +162,15 @@ def real_cluster(request, control_plane_binaries):
     started = False
     before = None
     if state is None:
-        before = cl.host_snapshot()
-        proc = subprocess.run([sys.executable, str(CLUSTER_PY), "up"], capture_output=True, text=True, timeout=600)
+        before = clean_host_snapshot(cl, _run_cluster_py)
+        proc = _run_cluster_py("up")
         if proc.returncode != 0:
             pytest.fail(f"could not start the real cluster:\n{proc.stderr[-4000:]}", pytrace=False)
         state = json.loads(proc.stdout.strip().splitlines()[-1])
         started = True
     yield RealCluster(state)
     if started and os.environ.get("EFT_KEEP_CLUSTER") != "1":
-        subprocess.run([sys.executable, str(CLUSTER_PY), "down"], capture_output=True, text=True, timeout=600)
+        _run_cluster_py("down")
         # `down` must leave the host as `up` found it (an error of the last test using the cluster otherwise)
         left = cl.snapshot_difference(before, cl.host_snapshot())
         assert not left, f"the real cluster's teardown changed the host: {json.dumps(left, indent=1)[:3000]}"

@@ -70,6 +70,17 @@ def test_quality_gate_outcomes():
     g = quality_gate(_evaluate(message=EVAL_OK), SETTINGS, NOW)
     assert g.condition.is_true and g.condition.message == \
         "ndcg@10 on test: base 0.4100, tuned 0.5200 (+26.8%, required >= +0.0%)"
+    # a synthetic split the gate does not accept as evidence: not below the threshold, and the condition says why
+    unverifiable = EvaluateReport(base_ndcg10=0.41, tuned_ndcg10=0.52, gate="failed", gate_metric="ndcg@10",
+                                  gate_dataset="test", relative_improvement=0.268293, required=0.0,
+                                  gate_reason="offlineQuestionsOnly").line()
+    g = quality_gate(_evaluate(message=unverifiable), SETTINGS, NOW)
+    assert (g.condition.status, g.condition.reason) == ("False", "Unverifiable") and g.blocks_shipping
+    assert g.condition.message.startswith("ndcg@10 on test: base 0.4100, tuned 0.5200 (+26.8%, required >= +0.0%); "
+                                          "not accepted as evidence: every synthetic test question was cut")
+    assert g.metrics["gateReason"] == "offlineQuestionsOnly"
+    g = quality_gate(_evaluate(message=unverifiable.replace('"failed"', '"overridden"')), SETTINGS, NOW)
+    assert g.condition.reason == "Overridden" and not g.blocks_shipping and "not accepted as evidence" in g.condition.message
     # a message that is not a report: the gate outcome is unavailable, at once
     g = quality_gate(_evaluate(message="evaluate: up to date"), SETTINGS, NOW)
     assert g.condition.reason == "MetricsUnavailable" and not g.waiting_for_metrics

@@ -218,6 +218,78 @@ def test_the_gate_can_judge_on_the_synthetic_split_while_the_human_set_only_meas
     assert data["gate"]["base"] == data["test"]["base"]["ndcg@10"] and "human" in data
 
 
+@pytest.fixture(scope="module")
+def workspace_with_unchanged_model(tmp_path_factory):
+    """A train/model that is the base model saved again (as good as the base on every set), and a prepare whose
+    test split is the offline generator's questions alone."""
+    from eft.models import load_sentence_model
+
+    root = tmp_path_factory.mktemp("ws")
+    write_beir(root / "prepare" / "beir", dict(list(QUERIES.items())[:4]))
+    load_sentence_model(device="cpu").save(str(root / "train" / "model"), create_model_card=False)
+    write_beir(root / "human", QUERIES)
+    return Workspace(root)
+
+
+def set_sources(ws: Workspace, test_sources: dict, shipped: str = "last") -> None:
+    write_json_atomic(ws.root / "prepare" / "manifest.json", {
+        "stage": "prepare", "status": "succeeded", "outputsDigest": "prepare",
+        "details": {"split": {"questionSources": {"train": {"offline": 9}, "dev": {"offline": 2}, "test": test_sources}}}})
+    write_json_atomic(ws.root / "train" / "manifest.json", {"stage": "train", "status": "succeeded",
+                                                            "outputsDigest": f"train-{shipped}",
+                                                            "details": {"shipped": shipped}})
+
+
+def test_a_synthetic_split_of_offline_questions_alone_is_no_evidence(workspace_with_unchanged_model):
+    ws = workspace_with_unchanged_model
+    set_sources(ws, {"offline": 4})
+    progress: list[str] = []
+    m = execute_stage(spec_with(ws, dataset="test"), ws, "evaluate", progress=progress.append)
+    report = EvaluateReport.parse(m["summary"])
+    g = json.loads((ws.stage_dir("evaluate") / "metrics.json").read_text())["gate"]
+    # not worse (the same weights), yet not passed: the split cannot tell
+    assert g["tuned"] == pytest.approx(g["base"]) and g["relativeChange"] == pytest.approx(0, abs=1e-6)
+    assert g["status"] == "failed" and g["unverifiable"] == "offlineQuestionsOnly" and not g["passed"]
+    assert report.gate == "failed" and report.gate_reason == "offlineQuestionsOnly" and report.blocks_shipping()
+    msg = next(p for p in progress if p.startswith("quality gate failed"))
+    assert "not accepted as evidence: every synthetic test question was cut from its passage by the offline generator" in msg
+    assert "set evaluation.gate.override: true to ship anyway" in msg
+    assert "offline generator" in evaluate.report(ws.stage_dir("evaluate"))
+    with pytest.raises(StageFailed, match="quality gate failed"):
+        execute_stage(spec_with(ws, dataset="test"), ws, "export")
+
+    # the override ships it and still says why the gate did not pass
+    report = EvaluateReport.parse(execute_stage(spec_with(ws, dataset="test", override=True), ws, "evaluate")["summary"])
+    assert report.gate == "overridden" and report.gate_reason == "offlineQuestionsOnly" and not report.blocks_shipping()
+    # human labels decide where there are some (the default gate dataset)
+    report = EvaluateReport.parse(execute_stage(spec_with(ws), ws, "evaluate")["summary"])
+    assert report.gate == "passed" and report.gate_dataset == "human" and report.gate_reason is None
+
+
+@pytest.mark.parametrize("sources,shipped", [({"offline": 2, "openai": 2}, "last"), ({"supplied": 4}, "last"),
+                                             ({"offline": 4}, "base")])
+def test_the_gate_judges_written_questions_and_passes_the_base_weights(workspace_with_unchanged_model, sources, shipped):
+    """Questions an LLM or a person wrote are evidence; and when train shipped the base weights there is
+    nothing to verify (the pipeline ends at the base model)."""
+    ws = workspace_with_unchanged_model
+    set_sources(ws, sources, shipped)
+    report = EvaluateReport.parse(execute_stage(spec_with(ws, dataset="test"), ws, "evaluate")["summary"])
+    assert report.gate == "passed" and report.gate_reason is None
+
+
+def test_unverifiable_reason():
+    offline = {"questionSources": {"test": {"offline": 30}}}
+    assert evaluate.unverifiable_reason("test", offline, "last") == "offlineQuestionsOnly"
+    assert evaluate.unverifiable_reason("test", offline, "epoch 2") == "offlineQuestionsOnly"
+    assert evaluate.unverifiable_reason("test", offline, "base") is None
+    assert evaluate.unverifiable_reason("human", offline, "last") is None
+    assert evaluate.unverifiable_reason("test", {"questionSources": {"test": {"offline": 3, "openai": 1}}}, "last") is None
+    assert evaluate.unverifiable_reason("test", {}, "last") is None  # a prepare from before the count: as before
+    g = evaluate.compute_gate({"test": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.6}}}, "test", GateSpec(),
+                              "offlineQuestionsOnly")
+    assert g["status"] == "failed" and g["relativeChange"] == pytest.approx(0.2)
+
+
 def test_bad_input_fails_with_one_line(tmp_path):
     ws = Workspace(tmp_path)
     write_beir(tmp_path / "prepare" / "beir", {})

@@ -106,9 +106,10 @@ def tiny(tmp_path):
     corpus = [{"_id": f"d{i}", "title": t.title(), "text": f"The {t} handbook explains how a {t} is kept safe."}
               for i, t in enumerate(TOPICS)]
     corpus.append({"_id": "dup-of-d0", "title": "Zebra", "text": corpus[0]["text"]})
-    questions = [{"_id": f"q{i}", "text": f"how do I keep a {t} safe", "hops": 1, "positives": [f"d{i}"]}
-                 for i, t in enumerate(TOPICS)]
-    questions.append({"_id": "multi", "text": "zebra and violin safety", "hops": 2, "positives": ["d0", "d1"]})
+    questions = [{"_id": f"q{i}", "text": f"how do I keep a {t} safe", "hops": 1, "positives": [f"d{i}"],
+                  **({"backend": "offline"} if i % 2 else {})} for i, t in enumerate(TOPICS)]
+    questions.append({"_id": "multi", "text": "zebra and violin safety", "hops": 2, "positives": ["d0", "d1"],
+                      "backend": "openai"})
     questions.append({"_id": "orphan", "text": "nothing", "hops": 1, "positives": ["not-in-corpus"]})
     ws = Workspace(tmp_path / "ws")
     fake_upstream(ws, corpus, questions)
@@ -144,8 +145,17 @@ def test_prepare_stage_outputs(tiny):
         assert r["positive"]["_id"] not in neg_ids
         assert "dup-of-d0" not in neg_ids or r["positive"]["_id"] != "d0"
         assert r["positive"]["text"] and all(n["text"] for n in r["negatives"])
-    queries = {json.loads(x)["_id"] for x in (d / "beir" / "queries.jsonl").read_text().splitlines()}
+    metadata = {(q := json.loads(x))["_id"]: q["metadata"] for x in (d / "beir" / "queries.jsonl").read_text().splitlines()}
+    queries = set(metadata)
     assert test_q | dev_q <= queries
+    # who wrote each held-out question (sdg's backend): the gate does not take offline questions alone as evidence
+    assert metadata["multi"]["source"] == "openai" and metadata["q1"]["source"] == "offline"
+    assert metadata["q0"]["source"] == "unknown"
+    for split, qids in (("test", test_q), ("dev", dev_q), ("train", train_q)):
+        want = {}
+        for q in qids:
+            want[metadata[q]["source"]] = want.get(metadata[q]["source"], 0) + 1
+        assert stats["split"]["questionSources"][split] == want
     corpus_ids = [json.loads(x)["_id"] for x in (d / "beir" / "corpus.jsonl").read_text().splitlines()]
     assert len(corpus_ids) == 21
 
@@ -180,7 +190,8 @@ def test_the_question_split_reports_the_test_positives_it_leaks(tiny):
     assert stats["split"] == {"by": "question", "seenInTraining": stats["split"]["seenInTraining"],
                               "documentsSeenInTraining": stats["split"]["documentsSeenInTraining"],
                               "quotesRemoved": {"sentences": 0, "passages": 0, "keptWhole": 0,
-                                                "wordExtractsLeftOut": 0}}
+                                                "wordExtractsLeftOut": 0},
+                              "questionSources": stats["split"]["questionSources"]}
     assert seen["questionsWithSeenPositive"] >= 1 and seen["positivesSeenInTraining"] >= 1
 
 

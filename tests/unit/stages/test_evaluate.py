@@ -255,8 +255,9 @@ def test_a_synthetic_split_of_offline_questions_alone_is_no_evidence(workspace_w
     assert "not accepted as evidence: every synthetic test question was cut from its passage by the offline generator" in msg
     assert "set evaluation.gate.override: true to ship anyway" in msg
     assert "offline generator" in evaluate.report(ws.stage_dir("evaluate"))
-    with pytest.raises(StageFailed, match="quality gate failed"):
+    with pytest.raises(StageFailed, match="quality gate failed") as refused:
         execute_stage(spec_with(ws, dataset="test"), ws, "export")
+    assert "not accepted as evidence: every synthetic test question was cut" in refused.value.message
 
     # the override ships it and still says why the gate did not pass
     report = EvaluateReport.parse(execute_stage(spec_with(ws, dataset="test", override=True), ws, "evaluate")["summary"])

@@ -99,18 +99,26 @@ def evaluate_model(model, sets: list[EvalSet], k_values: list[int], qprefix: str
     return out
 
 
-def unverifiable_reason(dataset: str, split: dict[str, Any], shipped: str | None) -> str | None:
+def test_sources(split: dict[str, Any], spec) -> set[str]:
+    """Who wrote the synthetic test questions (sdg backends): prepare's count (split.questionSources); for a
+    prepare from before that count, what the spec implies (the offline generator and no supplied queries)."""
+    counted = split.get("questionSources")
+    if counted is not None:
+        return set(counted.get(TEST) or {})
+    return {"offline"} if spec.sdg.backend == "offline" and not spec.queries.path else set()
+
+
+def unverifiable_reason(dataset: str, sources: set[str], shipped: str | None) -> str | None:
     """Why the gate's dataset cannot show that the tuned model is better (a key of GATE_REASONS), or None.
 
-    A synthetic test split holding only the offline generator's questions (prepare's split.questionSources)
-    is no evidence: those questions are cut from their passages, and such a split called a model better that
-    human queries called worse (README, Benchmarks). Mixed or LLM-written questions are judged as before. When
-    train shipped the base weights (no epoch beat them on validation) the "tuned" model is the base model, and
-    there is nothing to verify."""
+    A synthetic test split holding only the offline generator's questions (`sources`, test_sources) is no
+    evidence: those questions are cut from their passages, and such a split called a model better that human
+    queries called worse (README, Benchmarks). Mixed, LLM-written or supplied questions are judged as before.
+    When train shipped the base weights (no epoch beat them on validation) the "tuned" model is the base model,
+    and there is nothing to verify."""
     if dataset != TEST or shipped == "base":
         return None
-    sources = (split.get("questionSources") or {}).get(TEST) or {}
-    return "offlineQuestionsOnly" if sources and set(sources) == {"offline"} else None
+    return "offlineQuestionsOnly" if sources == {"offline"} else None
 
 
 def compute_gate(results: dict[str, dict[str, dict[str, float]]], dataset: str, gate,
@@ -289,7 +297,8 @@ def run(ctx: StageContext) -> StageResult:
     train_details = ctx.input_manifest("train").get("details") or {}
     # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
     split = (ctx.input_manifest("prepare").get("details") or {}).get("split") or {}
-    gate = compute_gate(results, gate_ds, ev.gate, unverifiable_reason(gate_ds, split, train_details.get("shipped")))
+    unverifiable = unverifiable_reason(gate_ds, test_sources(split, spec), train_details.get("shipped"))
+    gate = compute_gate(results, gate_ds, ev.gate, unverifiable)
     m: dict[str, Any] = dict(results)
     m["gate"] = gate
     search = train_details.get("search")

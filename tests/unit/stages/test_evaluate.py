@@ -279,13 +279,23 @@ def test_the_gate_judges_written_questions_and_passes_the_base_weights(workspace
 
 
 def test_unverifiable_reason():
-    offline = {"questionSources": {"test": {"offline": 30}}}
+    offline = {"offline"}
     assert evaluate.unverifiable_reason("test", offline, "last") == "offlineQuestionsOnly"
     assert evaluate.unverifiable_reason("test", offline, "epoch 2") == "offlineQuestionsOnly"
     assert evaluate.unverifiable_reason("test", offline, "base") is None
     assert evaluate.unverifiable_reason("human", offline, "last") is None
-    assert evaluate.unverifiable_reason("test", {"questionSources": {"test": {"offline": 3, "openai": 1}}}, "last") is None
-    assert evaluate.unverifiable_reason("test", {}, "last") is None  # a prepare from before the count: as before
+    assert evaluate.unverifiable_reason("test", {"offline", "openai"}, "last") is None
+    assert evaluate.unverifiable_reason("test", set(), "last") is None
+
+
+def test_test_sources_from_prepare_or_for_an_older_prepare_from_the_spec():
+    default = parse_document({})  # the offline generator, no supplied queries
+    counted = {"questionSources": {"test": {"offline": 3, "supplied": 2}}}
+    assert evaluate.test_sources(counted, default.spec) == {"offline", "supplied"}
+    assert evaluate.test_sources({}, default.spec) == {"offline"}
+    supplied = parse_document({"queries": {"path": "q.jsonl", "use": "withGenerated"}}).spec
+    llm = parse_document({"sdg": {"backend": "openai", "openai": {"baseURL": "http://llm:8000/v1", "model": "m"}}}).spec
+    assert evaluate.test_sources({}, supplied) == set() and evaluate.test_sources({}, llm) == set()
     g = evaluate.compute_gate({"test": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.6}}}, "test", GateSpec(),
                               "offlineQuestionsOnly")
     assert g["status"] == "failed" and g["relativeChange"] == pytest.approx(0.2)

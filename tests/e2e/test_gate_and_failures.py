@@ -118,7 +118,9 @@ def test_deleting_the_operator_and_the_train_pod_mid_run_loses_nothing(real_clus
     The train pod is deleted mid-run: it checkpoints on SIGTERM, the Job's retry resumes from the checkpoint."""
     rc, name = real_cluster, "faults"
     with namespace(rc) as ns:
-        rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(name))
+        # 3 epochs, not the quickstart's 1: on an idle machine one epoch ended within the seconds between the first
+        # step and the deletion (CI of 069f223), so the deleted pod had already succeeded and nothing was resumed
+        rc.kubectl("apply", "-n", ns, "-f", "-", input=quickstart_with(name, **{"training.epochs": 3}))
         deadline = time.monotonic() + 900
         train_pod = None
         while time.monotonic() < deadline:  # until the train pod is past its first steps
@@ -133,6 +135,8 @@ def test_deleting_the_operator_and_the_train_pod_mid_run_loses_nothing(real_clus
         assert train_pod, "the train pod never started training"
         rc.kubectl("delete", "pod", "-n", eft_operator, "-l", "app.kubernetes.io/name=eft-operator", "--wait=false")
         time.sleep(8)
+        phase = rc.get("pod", train_pod, "-n", ns)["status"].get("phase")
+        assert phase == "Running", f"the train pod ended ({phase}) before it could be deleted mid-run"
         rc.kubectl("delete", "pod", "-n", ns, train_pod, "--timeout=60s")
         rc.kubectl("wait", "-n", ns, "--for=condition=Ready", f"embeddingfinetune/{name}", "--timeout=1200s",
                    timeout=1260)

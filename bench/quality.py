@@ -110,7 +110,8 @@ def run_mode(dataset: Path, mode: str, root: Path, settings: dict, force: bool, 
     ws.clean_stale_tmp()
     efr = build_spec(dataset, mode, settings, preset, search)
     times: dict[str, float | str] = {}
-    print(f"\n== {mode}: workspace {ws.root}", flush=True)
+    # relative to where the bench runs: its output is saved under bench/results and must not name this machine
+    print(f"\n== {mode}: workspace {os.path.relpath(ws.root)}", flush=True)
     stages = ["ingest", "sdg", "prepare", "train", "evaluate"]
     failure = None
     for st in stages:

@@ -32,6 +32,11 @@ GATE_REASONS = {
 GateReason = Literal["offlineQuestionsOnly"]
 
 
+def gate_reason_suffix(reason: str | None) -> str:
+    """What every gate message (evaluate's, the operator's condition, export's refusal) appends for a reason."""
+    return f"; not accepted as evidence: {GATE_REASONS[reason]}" if reason else ""
+
+
 class _Report(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 

@@ -9,7 +9,7 @@ from typing import Any
 from eft.controller.children import evaluate_report
 from eft.controller.conditions import Condition, ConditionType
 from eft.controller.settings import Settings
-from eft.stage_reports import GATE_REASONS, EvaluateReport
+from eft.stage_reports import EvaluateReport, gate_reason_suffix
 
 _GATE = ConditionType.QUALITY_GATE_PASSED
 
@@ -62,8 +62,8 @@ def gate_message(r: EvaluateReport) -> str:
         return f"gate {r.gate} on {r.gate_metric} ({r.gate_dataset})"
     change = f" ({r.relative_improvement:+.1%}" if r.relative_improvement is not None else " ("
     required = f", required >= {r.required:+.1%})" if r.required is not None else ")"
-    why = f"; not accepted as evidence: {GATE_REASONS[r.gate_reason]}" if r.gate_reason else ""
-    return f"{r.gate_metric} on {r.gate_dataset}: base {base:.4f}, tuned {tuned:.4f}{change}{required}{why}"
+    return (f"{r.gate_metric} on {r.gate_dataset}: base {base:.4f}, tuned {tuned:.4f}{change}{required}"
+            + gate_reason_suffix(r.gate_reason))
 
 
 def _parse_time(s: str | None) -> datetime | None:

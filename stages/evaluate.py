@@ -36,7 +36,7 @@ from typing import Any
 
 from eft.pipeline import StageContext, StageFailed
 from eft.spec import RESERVED_DATASET_NAMES
-from eft.stage_reports import GATE_REASONS, EvaluateReport
+from eft.stage_reports import EvaluateReport, gate_reason_suffix
 from eft.workspace import StageResult, read_json, write_json_atomic
 
 log = logging.getLogger("eft.evaluate")
@@ -157,7 +157,7 @@ def gate_line(g: dict[str, Any]) -> str:
     op = "<" if g["tuned"] < g["base"] else ("=" if g["tuned"] == g["base"] else ">")
     line = (f"{g['metric']} on {g['dataset']}: tuned {g['tuned']:.3f} {op} base {g['base']:.3f} "
             f"({_pct(g['relativeChange'])}, required >= {_pct(g['required'])})")
-    return line + (f"; not accepted as evidence: {GATE_REASONS[g['unverifiable']]}" if g.get("unverifiable") else "")
+    return line + gate_reason_suffix(g.get("unverifiable"))
 
 
 def gate_failure_message(g: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 from eft.pipeline import StageContext, StageFailed
 from eft.settings import StageSettings
-from eft.stage_reports import GATE_REASONS, EvaluateReport, ExportReport, model_digest
+from eft.stage_reports import EvaluateReport, ExportReport, gate_reason_suffix, model_digest
 from eft.stages.export_quality import METRIC, QualitySplit, Reference, judge, load_test_split, measure_reference
 from eft.stages.export_report import report
 from eft.stages.export_tensorrt import tensorrt_engine
@@ -115,7 +115,7 @@ def _refuse_gated_model(ctx: StageContext) -> None:
     if verdict is None:
         raise _fail("the evaluate stage's report is missing or unreadable: re-run evaluate")
     if verdict.blocks_shipping():
-        why = f"; not accepted as evidence: {GATE_REASONS[verdict.gate_reason]}" if verdict.gate_reason else ""
+        why = gate_reason_suffix(verdict.gate_reason)
         raise _fail(f"the quality gate failed ({verdict.gate_metric} on {verdict.gate_dataset}: tuned "
                     f"{verdict.gate_tuned if verdict.gate_tuned is not None else verdict.tuned_ndcg10} vs base "
                     f"{verdict.gate_base if verdict.gate_base is not None else verdict.base_ndcg10}{why}); nothing "

@@ -286,6 +286,9 @@ def test_unverifiable_reason():
     assert evaluate.unverifiable_reason("human", offline, "last") is None
     assert evaluate.unverifiable_reason("test", {"offline", "openai"}, "last") is None
     assert evaluate.unverifiable_reason("test", set(), "last") is None
+    g = evaluate.compute_gate({"test": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.6}}}, "test", GateSpec(),
+                              "offlineQuestionsOnly")
+    assert g["status"] == "failed" and g["relativeChange"] == pytest.approx(0.2)
 
 
 def test_test_sources_from_prepare_or_for_an_older_prepare_from_the_spec():
@@ -296,9 +299,6 @@ def test_test_sources_from_prepare_or_for_an_older_prepare_from_the_spec():
     supplied = parse_document({"queries": {"path": "q.jsonl", "use": "withGenerated"}}).spec
     llm = parse_document({"sdg": {"backend": "openai", "openai": {"baseURL": "http://llm:8000/v1", "model": "m"}}}).spec
     assert evaluate.test_sources({}, supplied) == set() and evaluate.test_sources({}, llm) == set()
-    g = evaluate.compute_gate({"test": {"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.6}}}, "test", GateSpec(),
-                              "offlineQuestionsOnly")
-    assert g["status"] == "failed" and g["relativeChange"] == pytest.approx(0.2)
 
 
 def test_bad_input_fails_with_one_line(tmp_path):

@@ -40,15 +40,18 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     seed_everything(tr.seed)
     ctx.progress(f"{len(data.rows)} rows, {data.n_questions} questions, {data.n_neg} hard negatives per row"
                  f"{f' ({data.padded} padded)' if data.padded else ''}; device {device}, world size {info.world_size}")
-    ctx.progress(settings_line(tr))
+    ctx.progress(settings_line(tr, ctx.spec.training_seq_length(device), bm.max_seq_length))
     model = load_sentence_model(bm, device=device)
+    # Training steps cut texts at the training length; validation and publishing restore the full one.
+    model.max_seq_length = ctx.spec.training_seq_length(device)
     workers, cache_facts = setup_feeding(ctx, data, model, device, scope)
     grad_ckpt = enable_gradient_checkpointing(model) if tr.gradient_checkpointing else False
     cfg = LossConfig(scale=1.0 / tr.temperature, n_neg=data.n_neg, in_batch=tr.in_batch_negatives,
                      known_pairs=data.known_pairs(device), n_ids=data.n_ids)
     rows_digest = sha256_file(ctx.input("prepare") / "train.jsonl")
     store = CheckpointStore(ctx.work, checkpoint_key(ctx.spec, rows=rows_digest, world=info.world_size,
-                                                     maxRowsPerQuestion=tr.max_rows_per_question))
+                                                     maxRowsPerQuestion=tr.max_rows_per_question,
+                                                     trainSeqLength=model.max_seq_length))
     ck = store.load(ctx.progress)
     choice = BatchSizeChoice(**ck["batch_choice"]) if ck is not None else pick_batch_size(ctx, model, data, cfg, info)
     sampler = QidBatchSampler([r.qid for r in data.rows], choice.batch_size, tr.seed, info.world_size, info.rank,
@@ -67,11 +70,12 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     return trainer
 
 
-def settings_line(tr) -> str:
+def settings_line(tr, train_len: int, full_len: int) -> str:
     """The training settings in one line, with the preset that filled the ones the spec left unset."""
     rows = "every row" if tr.max_rows_per_question is None else f"at most {tr.max_rows_per_question} rows"
+    length = f"{train_len} tokens per text" + (f" (scored at {full_len})" if train_len != full_len else "")
     return (f"settings (preset {tr.preset}): lr {tr.learning_rate:g}, temperature {tr.temperature:g}, "
-            f"{tr.epochs} epochs, {rows} per question per epoch")
+            f"{tr.epochs} epochs, {rows} per question per epoch, {length}")
 
 
 def read_training_set(ctx: StageContext, device: str) -> TrainingSet:
@@ -115,12 +119,13 @@ def setup_feeding(ctx: StageContext, data: TrainingSet, model, device: str,
 
 def pick_batch_size(ctx: StageContext, model, data: TrainingSet, cfg: LossConfig, info: DistInfo) -> BatchSizeChoice:
     tr, bm = ctx.spec.training, ctx.spec.base_model
-    qlen = bm.max_seq_length
+    max_len = int(model.max_seq_length)  # the training length
+    qlen = max_len
     if tr.batch_size == "auto" and info.device.startswith("cuda"):
-        qlen = probe_query_length(model, data.rows, bm.query_prefix, bm.max_seq_length)
+        qlen = probe_query_length(model, data.rows, bm.query_prefix, max_len)
     try:
         choice = choose_batch_size(tr.batch_size, model, max_rows=max(1, data.n_questions // info.world_size),
-                                   n_neg=data.n_neg, max_len=bm.max_seq_length, query_len=qlen, cfg=cfg, info=info,
+                                   n_neg=data.n_neg, max_len=max_len, query_len=qlen, cfg=cfg, info=info,
                                    rows_per_epoch=rows_used_per_epoch(data.rows, tr.max_rows_per_question))
     except RuntimeError as exc:
         raise fail(str(exc)) from None

@@ -25,6 +25,18 @@ def enable_gradient_checkpointing(model) -> bool:
     return done
 
 
+@contextlib.contextmanager
+def sequence_length(model, tokens: int):
+    """The model cuts texts at ``tokens`` inside the block (validation scores at the full length while
+    training steps may use a shorter one), and at its previous length again after."""
+    before = model.max_seq_length
+    model.max_seq_length = tokens
+    try:
+        yield
+    finally:
+        model.max_seq_length = before
+
+
 def uses_bf16(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_bf16_supported()
 

@@ -28,6 +28,7 @@ def best_model(model, *, best_epoch: int | None, last_epoch: int, bm: BaseModelS
 def save_model(model, folder: Path, bm: BaseModelSpec) -> str:
     """Write ``folder``; returns its layout (for the manifest)."""
     model.eval()
+    model.max_seq_length = bm.max_seq_length  # trained on shorter texts maybe; served at the full length
     prompts = {k: v for k, v in (("query", bm.query_prefix), ("document", bm.passage_prefix)) if v}
     if prompts:
         model.prompts = {**(model.prompts or {}), **prompts}

@@ -33,7 +33,7 @@ from eft.stages.train.compiled_forward import TrainForward
 from eft.stages.train.curve import StepLog, write_curve
 from eft.stages.train.distributed import DistInfo, allreduce_mean, barrier
 from eft.stages.train.loss import LossConfig, batch_loss
-from eft.stages.train.modeling import precision_name
+from eft.stages.train.modeling import precision_name, sequence_length
 from eft.stages.train.optim import Optimization, StepPlan
 from eft.stages.train.publish import best_model, save_model
 from eft.stages.train.result import stage_result
@@ -236,7 +236,9 @@ class Trainer:
         barrier(self.info)
 
     def _score_on_dev(self, epoch: int) -> None:
-        ndcg, vloss = validate(self.model, self.dev, self.bm.query_prefix, self.bm.passage_prefix, self.loss_cfg.scale)
+        with sequence_length(self.model, self.bm.max_seq_length):  # scored as evaluate and serving will see it
+            ndcg, vloss = validate(self.model, self.dev, self.bm.query_prefix, self.bm.passage_prefix,
+                                   self.loss_cfg.scale)
         st = self.state
         st.curve.append({"step": st.step, "epoch": epoch, "loss": "", "lr": "", "val_loss": round(vloss, 6),
                          "val_ndcg@10": round(ndcg, 6), "train_seconds": round(st.train_seconds, 3)})

@@ -174,7 +174,7 @@ def test_every_mirrored_rule_has_an_invalid_case():
             if r.mirrors:
                 field = "." + block.model_fields[r.field].alias if r.field else ""
                 # a rule on a list's items is reported at the first item, where the INVALID cases put it
-                where = f"spec.{path}{field}{r.field_path or ''}".replace("[]", "[0]")
+                where = f"{'spec.' + path if path else 'spec'}{field}{r.field_path or ''}".replace("[]", "[0]")
                 assert where in invalid_paths, f"{block.__name__}.{r.mirrors}: add an INVALID case for {where}"
 
 
@@ -188,6 +188,7 @@ INVALID = [
     ({"training": {"batchSize": 1}}, "spec.training.batchSize", True),
     ({"training": {"batchSize": "big"}}, "spec.training.batchSize", True),
     ({"training": {"learningRate": 0}}, "spec.training.learningRate", True),
+    ({"training": {"maxSeqLength": 512}}, "spec.training.maxSeqLength", True),
     ({"sdg": {"backend": "gpt"}}, "spec.sdg.backend", True),
     ({"sdg": {"backend": "openai"}}, "spec.sdg.openai", True),
     ({"corpus": {"chunking": {"maxTokens": 64, "overlapTokens": 64}}}, "spec.corpus.chunking.overlapTokens", True),

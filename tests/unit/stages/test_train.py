@@ -380,7 +380,7 @@ def test_auto_batch_size_leaves_enough_steps_per_epoch():
     info = DistInfo(device="cpu")
     cfg = LossConfig(scale=50.0, n_neg=1, in_batch=True, known_pairs=torch.zeros(0, dtype=torch.long), n_ids=1)
     kw = dict(n_neg=1, max_len=16, query_len=8, cfg=cfg, info=info)
-    assert bs.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=10_000, **kw).batch_size == 32
+    assert bs.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=10_000, **kw).batch_size == 64
     small = bs.choose_batch_size("auto", None, max_rows=10_000, rows_per_epoch=600, **kw)
     assert small.batch_size == 8 and "capped" in small.method
     assert bs.choose_batch_size(64, None, max_rows=10_000, rows_per_epoch=600, **kw).batch_size == 64  # explicit wins

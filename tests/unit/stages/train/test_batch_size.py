@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from eft.stages.train.batch_size import (
+    CPU_BATCH_TOKENS,
     CPU_DEFAULT_BATCH,
+    MIN_AUTO_BATCH,
     GPU_PROBE_START,
     choose_batch_size,
     largest_fitting,
@@ -53,6 +55,14 @@ def test_auto_on_a_cpu_is_a_modest_default():
     c = choose_batch_size("auto", None, max_rows=10_000, **KW)
     assert (c.batch_size, c.method) == (CPU_DEFAULT_BATCH, "cpu-default")
     assert choose_batch_size("auto", None, max_rows=5, **KW).batch_size == 5
+
+
+def test_auto_on_a_cpu_keeps_the_tokens_of_a_batch_bounded():
+    """Longer training texts, fewer rows: memory grows with rows x tokens."""
+    sizes = {n: choose_batch_size("auto", None, max_rows=10_000, **{**KW, "max_len": n}).batch_size
+             for n in (64, 128, 256, 512, 4096)}
+    assert sizes == {64: 64, 128: 64, 256: 32, 512: 16, 4096: MIN_AUTO_BATCH}
+    assert all(b * n <= CPU_BATCH_TOKENS for n, b in sizes.items() if b > MIN_AUTO_BATCH)
 
 
 def test_rows_used_per_epoch_caps_each_question():

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+from pydantic import ValidationError
 
 from eft.fingerprint import section_hash
 from eft.spec import EmbeddingFinetuneSpec, SpecError, load_spec, parse_document
@@ -40,6 +41,20 @@ def test_defaults_are_the_measured_preset_and_the_recipe_is_one_word_away():
     assert s.export.onnx.opset == 17 and s.export.onnx.int8 is True
     assert s.split.validation == 0.05 and s.split.test == 0.1 and s.split.seed == 42
     assert s.sdg.questions_per_chunk == 3 and s.sdg.max_hops == 3 and s.sdg.min_quality_score == 7
+
+
+def test_training_length_is_cut_on_a_cpu_by_the_measured_preset_only():
+    """Training texts: 128 tokens on a CPU with 'measured', the full length elsewhere; never above the full."""
+    s = EmbeddingFinetuneSpec()
+    assert (s.training_seq_length("cpu"), s.training_seq_length("cuda:0")) == (128, 256)
+    recipe = EmbeddingFinetuneSpec.model_validate({"training": {"preset": "recipe"}})
+    assert (recipe.training_seq_length("cpu"), recipe.training_seq_length("cuda")) == (256, 256)
+    short = EmbeddingFinetuneSpec.model_validate({"baseModel": {"maxSeqLength": 64}})
+    assert short.training_seq_length("cpu") == 64
+    own = EmbeddingFinetuneSpec.model_validate({"training": {"maxSeqLength": 256}})
+    assert own.training_seq_length("cpu") == 256 and own.training_seq_length("cuda") == 256
+    with pytest.raises(ValidationError, match="training.maxSeqLength must not exceed baseModel.maxSeqLength"):
+        EmbeddingFinetuneSpec.model_validate({"training": {"maxSeqLength": 512}})
 
 
 def test_whole_manifest_and_bare_spec_load_the_same(tmp_path):

@@ -248,6 +248,38 @@ def test_kill_and_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
 
 
+def test_training_cuts_texts_at_the_training_length_and_scores_and_ships_at_the_full_one(tmp_path, monkeypatch):
+    """training.maxSeqLength cuts what the training steps see; validation and the shipped model use
+    baseModel.maxSeqLength."""
+    from sentence_transformers import SentenceTransformer
+
+    from eft.stages.train import trainer as trainer_module
+
+    tail = " It sits in rack four of the north hall, next to the old cooling unit and the spare fans."
+    runs = {}
+    for length in (16, None):
+        ws = write_prepare(tmp_path / f"ws-{length}")
+        path = ws.stage_dir("prepare") / "train.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in rows:
+            r["positive"]["text"] += tail  # every passage well over 16 tokens
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        seen: list[int] = []
+        real = trainer_module.validate
+        monkeypatch.setattr(trainer_module, "validate",
+                            lambda model, *a, _real=real, _seen=seen: (_seen.append(model.max_seq_length), _real(model, *a))[1])
+        training = {"epochs": 1, "maxSteps": 3} | ({"maxSeqLength": length} if length else {})
+        manifest = execute_stage(make_spec(**training), ws, "train")
+        monkeypatch.undo()
+        runs[length] = manifest["details"]["tokenCache"]
+        assert manifest["details"]["maxSeqLength"] == 32 and seen and set(seen) == {32}
+        assert manifest["details"]["trainMaxSeqLength"] == (length or 32)  # the preset's 128, capped at 32
+        assert SentenceTransformer(str(ws.stage_dir("train") / "model"), device="cpu").max_seq_length == 32
+    cut, full = runs[16], runs[None]
+    assert cut["enabled"] and cut["texts"] == full["texts"]
+    assert cut["tokens"] <= 16 * cut["texts"] < full["tokens"]
+
+
 def test_gradient_checkpointing_still_trains():
     from eft.stages.train.modeling import enable_gradient_checkpointing
 

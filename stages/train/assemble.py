@@ -40,10 +40,10 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     seed_everything(tr.seed)
     ctx.progress(f"{len(data.rows)} rows, {data.n_questions} questions, {data.n_neg} hard negatives per row"
                  f"{f' ({data.padded} padded)' if data.padded else ''}; device {device}, world size {info.world_size}")
-    ctx.progress(settings_line(tr, ctx.spec.training_seq_length(device), bm.max_seq_length))
+    ctx.progress(settings_line(tr, ctx.spec.training_seq_length(), bm.max_seq_length))
     model = load_sentence_model(bm, device=device)
     # Training steps cut texts at the training length; validation and publishing restore the full one.
-    model.max_seq_length = ctx.spec.training_seq_length(device)
+    model.max_seq_length = ctx.spec.training_seq_length()
     workers, cache_facts = setup_feeding(ctx, data, model, device, scope)
     grad_ckpt = enable_gradient_checkpointing(model) if tr.gradient_checkpointing else False
     cfg = LossConfig(scale=1.0 / tr.temperature, n_neg=data.n_neg, in_batch=tr.in_batch_negatives,

@@ -64,7 +64,7 @@ def details(t: Trainer, *, shipped: str, layout: str) -> dict[str, Any]:
         "trainSeconds": round(st.train_seconds, 1),
         "seed": tr.seed,
         "maxSeqLength": bm.max_seq_length,
-        "trainMaxSeqLength": t.ctx.spec.training_seq_length(info.device),
+        "trainMaxSeqLength": t.ctx.spec.training_seq_length(),
     }
 
 

@@ -43,16 +43,16 @@ def test_defaults_are_the_measured_preset_and_the_recipe_is_one_word_away():
     assert s.sdg.questions_per_chunk == 3 and s.sdg.max_hops == 3 and s.sdg.min_quality_score == 7
 
 
-def test_training_length_is_cut_on_a_cpu_by_the_measured_preset_only():
-    """Training texts: 128 tokens on a CPU with 'measured', the full length elsewhere; never above the full."""
-    s = EmbeddingFinetuneSpec()
-    assert (s.training_seq_length("cpu"), s.training_seq_length("cuda:0")) == (128, 256)
-    recipe = EmbeddingFinetuneSpec.model_validate({"training": {"preset": "recipe"}})
-    assert (recipe.training_seq_length("cpu"), recipe.training_seq_length("cuda")) == (256, 256)
+def test_training_length_is_the_full_length_unless_the_spec_cuts_it():
+    """Training texts: baseModel.maxSeqLength by default (every preset), the spec's own length when set, never
+    above the full length."""
+    assert EmbeddingFinetuneSpec().training_seq_length() == 256
+    for preset in ("measured", "recipe"):
+        assert EmbeddingFinetuneSpec.model_validate({"training": {"preset": preset}}).training_seq_length() == 256
     short = EmbeddingFinetuneSpec.model_validate({"baseModel": {"maxSeqLength": 64}})
-    assert short.training_seq_length("cpu") == 64
-    own = EmbeddingFinetuneSpec.model_validate({"training": {"maxSeqLength": 256}})
-    assert own.training_seq_length("cpu") == 256 and own.training_seq_length("cuda") == 256
+    assert short.training_seq_length() == 64
+    own = EmbeddingFinetuneSpec.model_validate({"training": {"maxSeqLength": 128}})
+    assert own.training_seq_length() == 128 and own.base_model.max_seq_length == 256
     with pytest.raises(ValidationError, match="training.maxSeqLength must not exceed baseModel.maxSeqLength"):
         EmbeddingFinetuneSpec.model_validate({"training": {"maxSeqLength": 512}})
 

@@ -273,7 +273,7 @@ def test_training_cuts_texts_at_the_training_length_and_scores_and_ships_at_the_
         monkeypatch.undo()
         runs[length] = manifest["details"]["tokenCache"]
         assert manifest["details"]["maxSeqLength"] == 32 and seen and set(seen) == {32}
-        assert manifest["details"]["trainMaxSeqLength"] == (length or 32)  # the preset's 128, capped at 32
+        assert manifest["details"]["trainMaxSeqLength"] == (length or 32)
         assert SentenceTransformer(str(ws.stage_dir("train") / "model"), device="cpu").max_seq_length == 32
     cut, full = runs[16], runs[None]
     assert cut["enabled"] and cut["texts"] == full["texts"]

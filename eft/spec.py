@@ -458,9 +458,9 @@ class TrainingSpec(SpecModel):
     )
     batch_size: int | Literal["auto"] = Field(
         default="auto", description="Queries per batch per device (one optimizer step unless gradientAccumulation "
-        "says otherwise), or 'auto': the largest power of two that fits the GPU's free memory (on CPU: 64 at 128 tokens per text, "
-        "halved for each doubling of training.maxSeqLength), capped "
-        "to leave at least 50 steps per epoch."
+        "says otherwise), or 'auto': the largest power of two that fits the GPU's free memory (on CPU: 8,192 "
+        "passage tokens per batch, 32 rows at 256 tokens per training text, at most 64), capped to leave at least "
+        "50 steps per epoch."
     )
     gradient_accumulation: int = Field(
         default=1, ge=1, le=1024,

@@ -264,10 +264,13 @@ def test_training_cuts_texts_at_the_training_length_and_scores_and_ships_at_the_
         for r in rows:
             r["positive"]["text"] += tail  # every passage well over 16 tokens
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        seen: list[int] = []
-        real = trainer_module.validate
-        monkeypatch.setattr(trainer_module, "validate",
-                            lambda model, *a, _real=real, _seen=seen: (_seen.append(model.max_seq_length), _real(model, *a))[1])
+        seen: list[int] = []  # the model's length at each validation
+
+        def recording(model, *args, _real=trainer_module.validate, _seen=seen):
+            _seen.append(model.max_seq_length)
+            return _real(model, *args)
+
+        monkeypatch.setattr(trainer_module, "validate", recording)
         training = {"epochs": 1, "maxSteps": 3} | ({"maxSeqLength": length} if length else {})
         manifest = execute_stage(make_spec(**training), ws, "train")
         monkeypatch.undo()

@@ -23,6 +23,17 @@ from eft.spec import STAGES, EmbeddingFinetuneSpec
 from eft.stage_defs import STAGE_DEFS
 
 
+# Fields added after resources were created, as (section, field): left out of the hash while unset, since
+# unset means what a stored spec without the field always meant, so an operator upgrade re-runs nothing.
+ADDED_FIELDS = frozenset({("training", "max_seq_length")})
+
+
+def _without_unset_additions(section: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if not (v is None and (section, k) in ADDED_FIELDS)}
+
+
 def _without_secrets(value: Any) -> Any:
     """Drop Secret references (``*_secret`` fields): a rotated credential changes no stage output, so it
     must not make a stage out of date."""
@@ -40,7 +51,8 @@ def section_hash(spec: EmbeddingFinetuneSpec, sections: tuple[str, ...]) -> str:
         obj: Any = spec
         for part in sec.split("."):
             obj = getattr(obj, part)
-        data[sec] = _without_secrets(obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj)
+        dumped = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+        data[sec] = _without_secrets(_without_unset_additions(sec, dumped))
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -3,6 +3,9 @@ the operator's Job names and the train checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from eft import __version__
@@ -93,6 +96,25 @@ def test_checkpoint_key_is_the_train_stage_sections_plus_the_run():
     assert checkpoint_key(parsed(efr({"training": {"epochs": 7}})), rows="abc", world=1) != key
     assert checkpoint_key(parsed(efr({"serving": {"replicas": 3}})), rows="abc", world=1) == key
     assert checkpoint_key(parsed(efr({"export": {"onnx": {"int8": False}}})), rows="abc", world=1) == key
+
+
+def test_a_field_added_later_changes_no_fingerprint_while_unset():
+    """An operator upgrade that adds a spec field must not re-run finished fine-tunes: unset, the field is left
+    out of the hash (the section dumps as before it existed); set, it re-runs its stage like any other."""
+    from eft.fingerprint import ADDED_FIELDS
+
+    spec = parsed(efr({}))
+    for section, field in ADDED_FIELDS:
+        block = getattr(spec, section)
+        assert field in type(block).model_fields and getattr(block, field) is None
+        before = block.model_dump(mode="json")
+        del before[field]
+        blob = json.dumps({section: before}, sort_keys=True, separators=(",", ":"))
+        assert section_hash(spec, (section,)) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    cut = parsed(efr({"training": {"maxSeqLength": 128}}))
+    assert restart_stage(spec, cut) == "train"
+    assert job_fingerprints(spec)["ingest"] == job_fingerprints(cut)["ingest"]
+    assert job_fingerprints(spec)["train"] != job_fingerprints(cut)["train"]
 
 
 def test_secret_references_do_not_make_a_stage_stale():

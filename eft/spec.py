@@ -453,8 +453,8 @@ class TrainingSpec(SpecModel):
         description="Tokens per text in training steps (longer texts are cut); validation, evaluation, export and "
         "serving always use baseModel.maxSeqLength. Default: baseModel.maxSeqLength. Shorter trains faster on a CPU "
         "(2.6x per row at 128 tokens as at 256) but the model then learns from the opening of each passage only: "
-        "on NFCorpus (2 CPU cores, 254-token chunks scored whole) 128 gave +4.0% nDCG@10 where the full length "
-        "gave +9.7%. At most baseModel.maxSeqLength.",
+        "on NFCorpus (2 CPU cores, 254-token chunks scored whole, batch 64) 128 gave +4.0% nDCG@10 where the full "
+        "length gave +9.7% (batch 32). At most baseModel.maxSeqLength.",
     )
     batch_size: int | Literal["auto"] = Field(
         default="auto", description="Queries per batch per device (one optimizer step unless gradientAccumulation "
@@ -975,8 +975,9 @@ class EmbeddingFinetuneSpec(SpecModel):
 
     def training_seq_length(self) -> int:
         """Tokens per text in training steps. Not cut by default on any device: cutting 254-token chunks to
-        128 in training while scoring them whole turned +9.7% into +4.0% on NFCorpus (2 CPU cores,
-        bench/results/2026-12-07-cpu-nfcorpus-train-length-128.txt), for 2.6x faster steps."""
+        128 in training while scoring them whole (and batch 64 instead of 32) turned +9.7% into +4.0% on
+        NFCorpus (2 CPU cores, bench/results/2026-12-07-cpu-nfcorpus-train-length-128.txt), for 2.6x faster
+        steps."""
         tr = self.training
         return self.base_model.max_seq_length if tr.max_seq_length is None else tr.max_seq_length
 

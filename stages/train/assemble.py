@@ -40,10 +40,11 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     seed_everything(tr.seed)
     ctx.progress(f"{len(data.rows)} rows, {data.n_questions} questions, {data.n_neg} hard negatives per row"
                  f"{f' ({data.padded} padded)' if data.padded else ''}; device {device}, world size {info.world_size}")
-    ctx.progress(settings_line(tr, ctx.spec.training_seq_length(), bm.max_seq_length))
+    train_len = ctx.spec.training_seq_length()
+    ctx.progress(settings_line(tr, train_len, bm.max_seq_length))
     model = load_sentence_model(bm, device=device)
     # Training steps cut texts at the training length; validation and publishing restore the full one.
-    model.max_seq_length = ctx.spec.training_seq_length()
+    model.max_seq_length = train_len
     workers, cache_facts = setup_feeding(ctx, data, model, device, scope)
     grad_ckpt = enable_gradient_checkpointing(model) if tr.gradient_checkpointing else False
     cfg = LossConfig(scale=1.0 / tr.temperature, n_neg=data.n_neg, in_batch=tr.in_batch_negatives,
@@ -51,7 +52,7 @@ def assemble_trainer(ctx: StageContext, scope: contextlib.ExitStack) -> Trainer:
     rows_digest = sha256_file(ctx.input("prepare") / "train.jsonl")
     store = CheckpointStore(ctx.work, checkpoint_key(ctx.spec, rows=rows_digest, world=info.world_size,
                                                      maxRowsPerQuestion=tr.max_rows_per_question,
-                                                     trainSeqLength=model.max_seq_length))
+                                                     trainSeqLength=train_len))
     ck = store.load(ctx.progress)
     choice = BatchSizeChoice(**ck["batch_choice"]) if ck is not None else pick_batch_size(ctx, model, data, cfg, info)
     sampler = QidBatchSampler([r.qid for r in data.rows], choice.batch_size, tr.seed, info.world_size, info.rank,
@@ -119,7 +120,7 @@ def setup_feeding(ctx: StageContext, data: TrainingSet, model, device: str,
 
 def pick_batch_size(ctx: StageContext, model, data: TrainingSet, cfg: LossConfig, info: DistInfo) -> BatchSizeChoice:
     tr, bm = ctx.spec.training, ctx.spec.base_model
-    max_len = int(model.max_seq_length)  # the training length
+    max_len = ctx.spec.training_seq_length()
     qlen = max_len
     if tr.batch_size == "auto" and info.device.startswith("cuda"):
         qlen = probe_query_length(model, data.rows, bm.query_prefix, max_len)

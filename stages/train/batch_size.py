@@ -12,14 +12,18 @@ import torch
 from eft.stages.train.batches import BatchTensors
 from eft.stages.train.distributed import DistInfo, allreduce_min
 from eft.stages.train.loss import LossConfig, batch_loss
+from eft.stages.train.modeling import uses_bf16
 
-# On a CPU the time per row hardly depends on the batch (measured on 2 cores, bundled model, 256 tokens:
-# 2.9 rows/s at 32, 3.3 at 64), while with in-batch negatives each row is contrasted with batch - 1 passages,
-# so a larger batch is more negatives for the same time. Memory bounds it: activations grow with rows x tokens
-# (peak RSS 4.6 GB at 64 x 128 tokens, 5.2 GB at 32 x 256, 9.1 GB at 64 x 256), so 'auto' keeps
-# CPU_BATCH_TOKENS passage tokens per batch: 64 rows at 128 tokens, 32 at 256, never more than 64.
+# On a CPU the time per row hardly depends on the batch, while with in-batch negatives each row is contrasted
+# with batch - 1 passages, so a larger batch is more negatives for the same time. Memory bounds it: activations
+# grow with rows x tokens, so 'auto' keeps a budget of passage tokens per batch, never more than 64 rows. Under
+# bf16 autocast the activations the matmuls keep for the backward pass are half as wide, so the budget doubles:
+# 64 rows at 256 tokens, the batch the GPU runs were measured with. Measured in one script (2 cores, bundled
+# model, 256-token NFCorpus passages, forward + backward + AdamW): fp32 8.7-10.0 rows/s and 3.0 GB peak RSS at
+# 32 rows, 8.3 rows/s and 4.5 GB at 64; bf16 15.1 rows/s and 2.7 GB at 32, 14.3-16.1 rows/s and 3.9 GB at 64.
 CPU_DEFAULT_BATCH = 64
 CPU_BATCH_TOKENS = 8192
+CPU_BATCH_TOKENS_BF16 = 16384
 GPU_PROBE_START = 1024
 # 'auto' never picks a batch so large that an epoch has fewer optimizer steps than this: measured on
 # NFCorpus (H200), the largest batch that fit (1024) left 24 steps for 3 epochs, far too few to learn.
@@ -67,7 +71,7 @@ def choose_batch_size(requested: int | str, model, *, max_rows: int, n_neg: int,
         return BatchSizeChoice(min(int(requested), max_rows), requested, "spec")
     limit = min(max_rows, steps_cap(rows_per_epoch, info.world_size)) if rows_per_epoch else max_rows
     if not info.device.startswith("cuda"):
-        default = cpu_default_batch(max_len)
+        default = cpu_default_batch(max_len, bf16=uses_bf16(info.device))
         b = max(1, min(default, limit))
         uncapped = b == min(default, max_rows)
         return BatchSizeChoice(b, "auto", "cpu-default" if uncapped else f"cpu-default, {CAPPED}")
@@ -81,11 +85,13 @@ def choose_batch_size(requested: int | str, model, *, max_rows: int, n_neg: int,
     return BatchSizeChoice(min(chosen, max_rows), "auto", f"gpu-probe, {CAPPED}" if capped else "gpu-probe", trials)
 
 
-def cpu_default_batch(max_len: int) -> int:
-    """The largest power of two keeping a batch within CPU_BATCH_TOKENS passage tokens of ``max_len`` each,
-    between MIN_AUTO_BATCH and CPU_DEFAULT_BATCH."""
+def cpu_default_batch(max_len: int, bf16: bool = False) -> int:
+    """The largest power of two keeping a batch within the token budget (CPU_BATCH_TOKENS, or
+    CPU_BATCH_TOKENS_BF16 under bf16 autocast) of passages of ``max_len`` tokens each, between
+    MIN_AUTO_BATCH and CPU_DEFAULT_BATCH."""
+    budget = CPU_BATCH_TOKENS_BF16 if bf16 else CPU_BATCH_TOKENS
     b = MIN_AUTO_BATCH
-    while b * 2 <= min(CPU_DEFAULT_BATCH, CPU_BATCH_TOKENS // max(1, max_len)):
+    while b * 2 <= min(CPU_DEFAULT_BATCH, budget // max(1, max_len)):
         b *= 2
     return b
 

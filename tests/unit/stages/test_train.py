@@ -317,7 +317,10 @@ def test_bad_input_fails_with_one_line(tmp_path):
 _RANK_SCRIPT = r'''
 import sys, zlib, torch
 torch.set_num_threads(1)
+from eft.stages.train import modeling
 from eft.stages.train.batches import BatchTensors
+# The gather's arithmetic is compared exactly, so in fp32 even on a CPU that would train under bf16 autocast.
+modeling.cpu_has_native_bf16 = lambda: False
 from eft.stages.train.distributed import (DistInfo, allreduce_gradients, allreduce_mean, setup_distributed,
                                           teardown_distributed)
 from eft.stages.train.loss import LossConfig, batch_loss

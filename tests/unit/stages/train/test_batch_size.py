@@ -6,6 +6,7 @@ import torch
 
 from eft.stages.train.batch_size import (
     CPU_BATCH_TOKENS,
+    CPU_BATCH_TOKENS_BF16,
     CPU_DEFAULT_BATCH,
     MIN_AUTO_BATCH,
     GPU_PROBE_START,
@@ -15,6 +16,7 @@ from eft.stages.train.batch_size import (
     probe_start,
     rows_used_per_epoch,
 )
+from eft.stages.train import modeling
 from eft.stages.train.distributed import DistInfo
 from eft.stages.train.loss import LossConfig
 from eft.stages.train.rows import TrainRow
@@ -57,12 +59,18 @@ def test_auto_on_a_cpu_is_a_modest_default():
     assert choose_batch_size("auto", None, max_rows=5, **KW).batch_size == 5
 
 
-def test_auto_on_a_cpu_keeps_the_tokens_of_a_batch_bounded():
-    """Longer training texts, fewer rows: memory grows with rows x tokens."""
-    sizes = {n: choose_batch_size("auto", None, max_rows=10_000, **{**KW, "max_len": n}).batch_size
-             for n in (64, 128, 256, 512, 4096)}
-    assert sizes == {64: 64, 128: 64, 256: 32, 512: 16, 4096: MIN_AUTO_BATCH}
-    assert all(b * n <= CPU_BATCH_TOKENS for n, b in sizes.items() if b > MIN_AUTO_BATCH)
+def test_auto_on_a_cpu_keeps_the_tokens_of_a_batch_bounded(monkeypatch):
+    """Longer training texts, fewer rows: memory grows with rows x tokens, and bf16 activations take half."""
+    def sizes(native_bf16: bool) -> dict[int, int]:
+        monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: native_bf16)
+        return {n: choose_batch_size("auto", None, max_rows=10_000, **{**KW, "max_len": n}).batch_size
+                for n in (64, 128, 256, 512, 4096)}
+
+    fp32, bf16 = sizes(False), sizes(True)
+    assert fp32 == {64: 64, 128: 64, 256: 32, 512: 16, 4096: MIN_AUTO_BATCH}
+    assert bf16 == {64: 64, 128: 64, 256: 64, 512: 32, 4096: MIN_AUTO_BATCH}
+    assert all(b * n <= CPU_BATCH_TOKENS for n, b in fp32.items() if b > MIN_AUTO_BATCH)
+    assert all(b * n <= CPU_BATCH_TOKENS_BF16 for n, b in bf16.items() if b > MIN_AUTO_BATCH)
 
 
 def test_rows_used_per_epoch_caps_each_question():

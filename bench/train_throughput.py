@@ -2,17 +2,18 @@
 
     python bench/train_throughput.py ../shared/datasets/nfcorpus [--batch-size B] [--negatives N]
         [--max-seq-length L] [--steps S] [--warmup-steps W] [--device cpu|cuda]
-        [--variants eager,compile,nocache]
+        [--variants eager,compile,nocache,fp32]
 
 Rows are (query, one relevant document, N random non-relevant documents) built from the dataset's
 train qrels. Every contender starts from the base model and trains W + S steps with in-batch + N hard
-negatives at the same batch size, sequence length, temperature and precision (bf16 autocast on GPU, fp32
-on CPU), one after another in this process. "warm" is rows/s over the last S steps of each run (clocked
+negatives at the same batch size, sequence length, temperature and precision (bf16 autocast on a GPU or on a
+CPU with bf16 units, else fp32), one after another in this process. "warm" is rows/s over the last S steps of each run (clocked
 when step W and step W + S have finished on the device); "whole run" counts every step, the first ones
 included (where compiling happens), but not model loading, the token cache or the trainer's setup.
 
 Variants of the train stage: eager (training.compile 'never'), compile ('always'), nocache (eager with
-the token cache off: per-batch tokenization). Needs the `bench` extra (accelerate, datasets) for
+the token cache off: per-batch tokenization), fp32 (eager in fp32 where the stage would use bf16 autocast:
+what bf16 buys on this machine). Needs the `bench` extra (accelerate, datasets) for
 SentenceTransformerTrainer. Prints a table and one `RESULT {json}` line.
 """
 
@@ -57,6 +58,7 @@ def build_rows(dataset: Path, n_rows: int, n_neg: int, seed: int) -> list[dict]:
 def eft_run(rows, args, variant: str, device: str) -> dict:
     """One train stage run of W + S steps; rows/s from the per-step finishing times in its curve."""
     from eft.pipeline import execute_stage
+    from eft.stages.train import modeling
     from eft.spec import parse_document
     from eft.workspace import Workspace, write_json_atomic
 
@@ -76,17 +78,21 @@ def eft_run(rows, args, variant: str, device: str) -> dict:
     os.environ["EFT_DEVICE"] = device
     if variant == "nocache":
         os.environ["EFT_TOKEN_CACHE"] = "0"
+    native_bf16 = modeling.cpu_has_native_bf16
+    if variant == "fp32":
+        modeling.cpu_has_native_bf16 = lambda: False  # what this CPU would do without bf16 units
     try:
         m = execute_stage(efr, Workspace(root), "train", progress=lambda msg: None)
     finally:
         os.environ.pop("EFT_TOKEN_CACHE", None)
+        modeling.cpu_has_native_bf16 = native_bf16
     with open(root / "train" / "training_curve.csv") as f:
         t = {int(r["step"]): float(r["train_seconds"]) for r in csv.DictReader(f) if r["loss"]}
     assert len(t) == steps, f"the stage ran {len(t)} steps, not {steps}"
     d = m["details"]
     out = {"warm": args.steps * args.batch_size / (t[steps] - t[args.warmup_steps]),
            "whole": steps * args.batch_size / t[steps], "first_step_s": t[1],
-           "compile": d["compile"]}
+           "compile": d["compile"], "precision": d["precision"]}
     cache = d.get("tokenCache") or {}
     if cache.get("enabled"):
         out["token_cache"] = {k: cache[k] for k in ("texts", "textSlots", "tokens", "seconds")}
@@ -103,6 +109,7 @@ def st_run(rows, args, device: str) -> dict:
 
     from eft.models import load_sentence_model
     from eft.spec import BaseModelSpec
+    from eft.stages.train.modeling import uses_bf16
 
     model = load_sentence_model(BaseModelSpec(max_seq_length=args.max_seq_length), device=device)
     cols = {"anchor": [r["query"] for r in rows], "positive": [r["positive"]["text"] for r in rows]}
@@ -131,7 +138,7 @@ def st_run(rows, args, device: str) -> dict:
     steps = args.warmup_steps + args.steps
     targs = SentenceTransformerTrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=steps, learning_rate=1e-5,
-        warmup_steps=0, weight_decay=0.01, disable_tqdm=True, bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        warmup_steps=0, weight_decay=0.01, disable_tqdm=True, bf16=uses_bf16(device),
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_steps=10**6, report_to="none",
         dataloader_drop_last=True, use_cpu=not device.startswith("cuda"), seed=42)
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
@@ -143,7 +150,7 @@ def st_run(rows, args, device: str) -> dict:
 
 
 VARIANTS = {"eager": "eft train stage (eager)", "compile": "eft train stage (compiled)",
-            "nocache": "eft train stage (eager, no token cache)"}
+            "nocache": "eft train stage (eager, no token cache)", "fp32": "eft train stage (eager, fp32)"}
 
 
 def main(argv=None) -> int:
@@ -159,7 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first; default 10 on GPU, 2 on CPU")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     ap.add_argument("--variants", default="eager,compile",
-                    help="train stage variants, comma-separated: eager, compile, nocache (default: eager,compile)")
+                    help="train stage variants, comma-separated: eager, compile, nocache, fp32 (default: eager,compile)")
     args = ap.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (128 if gpu else 16)
@@ -180,7 +187,10 @@ def main(argv=None) -> int:
     print(f"each contender: {args.warmup_steps} warm-up steps then {args.steps} timed steps, one after another "
           "in this process", flush=True)
 
-    results: dict[str, dict] = {"SentenceTransformerTrainer": st_run(rows, args, args.device)}
+    from eft.stages.train.modeling import precision_name
+
+    results: dict[str, dict] = {"SentenceTransformerTrainer": {**st_run(rows, args, args.device),
+                                                               "precision": precision_name(args.device)}}
     print(f"  SentenceTransformerTrainer done: warm {results['SentenceTransformerTrainer']['warm']:.1f} rows/s", flush=True)
     for v in [x.strip() for x in args.variants.split(",") if x.strip()]:
         if v not in VARIANTS:
@@ -191,9 +201,10 @@ def main(argv=None) -> int:
             print(f"    (compiling failed, it ran eagerly: {r['compile'].get('failed')})")
 
     st = results["SentenceTransformerTrainer"]["warm"]
-    print(f"\n{'contender':40s} {'warm rows/s':>12s} {'vs ST':>7s} {'whole run':>10s} {'1st step s':>10s}")
+    print(f"\n{'contender':40s} {'precision':>13s} {'warm rows/s':>12s} {'vs ST':>7s} {'whole run':>10s} {'1st step s':>10s}")
     for name, r in results.items():
-        print(f"{name:40s} {r['warm']:12.1f} {r['warm'] / st:6.2f}x {r['whole']:10.1f} {r['first_step_s']:10.2f}")
+        print(f"{name:40s} {r.get('precision', ''):>13s} {r['warm']:12.1f} {r['warm'] / st:6.2f}x {r['whole']:10.1f} "
+              f"{r['first_step_s']:10.2f}")
     for name, r in results.items():
         if "token_cache" in r:
             c = r["token_cache"]

@@ -59,3 +59,19 @@ def test_batch_loss_contrasts_the_columns_the_config_asks_for(in_batch, monkeypa
     assert got.item() == pytest.approx(expected / 3, rel=1e-5)
     got.backward()
     assert model.lin.weight.grad is not None and model.lin.weight.grad.abs().sum() > 0
+
+
+def test_under_cpu_bf16_autocast_the_loss_stays_close_to_fp32(monkeypatch):
+    """The model runs in bf16, the similarities and the loss in fp32: the two precisions agree closely."""
+    torch.manual_seed(0)
+    model = Toy()
+    batch = BatchTensors(queries=["q0", "q1", "q2"], passages=["p0", "p1", "p2", "n0", "n1", "n2"],
+                         row_q=torch.arange(3), pids=torch.arange(6))
+    cfg = LossConfig(scale=20.0, n_neg=1, in_batch=True, known_pairs=torch.zeros(0, dtype=torch.long), n_ids=6)
+    losses = {}
+    for native in (False, True):
+        monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda v=native: v)
+        losses[native] = batch_loss(model, batch, cfg, DistInfo())
+    assert losses[True].dtype == torch.float32
+    assert losses[True].item() != losses[False].item()  # bf16 really ran
+    assert losses[True].item() == pytest.approx(losses[False].item(), rel=2e-2)

@@ -16,11 +16,11 @@ from eft.stages.train.modeling import uses_bf16
 
 # On a CPU the time per row hardly depends on the batch, while with in-batch negatives each row is contrasted
 # with batch - 1 passages, so a larger batch is more negatives for the same time. Memory bounds it: activations
-# grow with rows x tokens, so 'auto' keeps a budget of passage tokens per batch, never more than 64 rows. Under
-# bf16 autocast the activations the matmuls keep for the backward pass are half as wide, so the budget doubles:
-# 64 rows at 256 tokens, the batch the GPU runs were measured with. Measured in one script (2 cores, bundled
-# model, 256-token NFCorpus passages, forward + backward + AdamW): fp32 8.7-10.0 rows/s and 3.0 GB peak RSS at
-# 32 rows, 8.3 rows/s and 4.5 GB at 64; bf16 15.1 rows/s and 2.7 GB at 32, 14.3-16.1 rows/s and 3.9 GB at 64.
+# (dropout masks included) grow with rows x tokens. 'auto' keeps a budget of passage tokens per batch, never more
+# than 64 rows, chosen so that a step's peak stays under 8 GB: measured in one script (2 cores, bundled model in
+# training mode, 256-token NFCorpus passages, forward + backward + AdamW), peak RSS fp32 5.2 GB at 32 rows and
+# 8.9 GB at 64; under bf16 autocast 4.9 GB at 32 and 7.9 GB at 64. So 8,192 tokens in fp32 (32 rows at 256) and
+# 16,384 under bf16 (64 rows at 256, the batch the GPU runs were measured with).
 CPU_DEFAULT_BATCH = 64
 CPU_BATCH_TOKENS = 8192
 CPU_BATCH_TOKENS_BF16 = 16384

@@ -60,7 +60,7 @@ def test_auto_on_a_cpu_is_a_modest_default():
 
 
 def test_auto_on_a_cpu_keeps_the_tokens_of_a_batch_bounded(monkeypatch):
-    """Longer training texts, fewer rows: memory grows with rows x tokens, and bf16 activations take half."""
+    """Longer training texts, fewer rows: memory grows with rows x tokens, less steeply under bf16."""
     def sizes(native_bf16: bool) -> dict[int, int]:
         monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: native_bf16)
         return {n: choose_batch_size("auto", None, max_rows=10_000, **{**KW, "max_len": n}).batch_size

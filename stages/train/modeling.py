@@ -44,9 +44,10 @@ def uses_bf16(device: str) -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX tiles)? Only then is CPU autocast faster:
-    measured on 2 cores of a Xeon with AMX (bundled model, 256 tokens, forward + backward), 1.6-2.3x the rows
-    per second of fp32. Elsewhere oneDNN emulates bf16 and autocast would be slower than fp32."""
+    """Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX tiles)? There CPU autocast pays: the train
+    stage on 2 cores of a Xeon with AMX ran 1.47x the rows per second of fp32 (batch 64, 256 tokens,
+    bench/results/2026-12-07-cpu-train-throughput-bf16.txt). Elsewhere bf16 has no hardware path (it is converted
+    in software), so such CPUs keep fp32; that case is not measured here."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(p is not None and p() for p in probes)
 

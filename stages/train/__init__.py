@@ -9,8 +9,9 @@ Each query is contrasted with its positive, its ``spec.training_negatives(device
 passages that are known positives of a row's question are masked. AdamW with linear warmup/decay
 (optim.py); bf16 autocast where the hardware has bf16 units (modeling.py), else fp32; batchSize 'auto'
 probes the GPU's free memory and never leaves fewer than 50 optimizer steps per epoch (batch_size.py).
-Every distinct query and passage is tokenized once before the first step (token_cache.py). ``training.compile`` runs the training steps
-through torch.compile (compiled_forward.py; by default on a GPU for long runs only). Under torchrun every
+Every distinct query and passage is tokenized once before the first step (token_cache.py).
+``training.compile`` runs the training steps through torch.compile (compiled_forward.py; by default on a GPU
+for long runs only). Under torchrun every
 rank trains on its slice of a global batch (distributed.py).
 
 With ``training.search.trials`` > 1, short trials of learning rate and temperature run first and the real

@@ -7,8 +7,8 @@
 Rows are (query, one relevant document, N random non-relevant documents) built from the dataset's
 train qrels. Every contender starts from the base model and trains W + S steps with in-batch + N hard
 negatives at the same batch size, sequence length, temperature and precision (bf16 autocast on a GPU or on a
-CPU with bf16 units, else fp32), one after another in this process. "warm" is rows/s over the last S steps of each run (clocked
-when step W and step W + S have finished on the device); "whole run" counts every step, the first ones
+CPU with bf16 units, else fp32), one after another in this process. "warm" is rows/s over the last S steps of
+each run (clocked when step W and step W + S have finished on the device); "whole run" counts every step, the first ones
 included (where compiling happens), but not model loading, the token cache or the trainer's setup.
 
 Variants of the train stage: eager (training.compile 'never'), compile ('always'), nocache (eager with

@@ -17,6 +17,7 @@ import numpy as np
 
 from eft.models import load_sentence_model, pick_device
 from eft.pipeline import StageContext, StageFailed, read_stage_jsonl
+from eft.stages.document_positives import Narrowing, trained_positive_rows
 from eft.stages.mining import mine
 from eft.stages.quotes import QuoteStats, unquote_passages
 from eft.stages.sdg.offline import WORD_EXTRACT_KINDS
@@ -74,7 +75,14 @@ def run(ctx: StageContext) -> StageResult:
 
     train_qs = [by_id[q] for q in splits["train"]]
     p_emb, q_emb = _embed(ctx, corpus, train_qs)
-    positives_rows = [[row_of[p] for p in q["positives"]] for q in train_qs]
+    narrowing = Narrowing(spec.queries.document_positives)
+    positives_rows = [trained_positive_rows(q, row_of, q_emb[i], p_emb, narrowing.rule, narrowing)
+                      for i, q in enumerate(train_qs)]
+    if narrowing.groups:
+        ctx.progress(f"{narrowing.groups} labels named several chunks: training on the chunk the base model finds "
+                     f"closest ({narrowing.left_out} chunks left out of training, still relevant when scored; "
+                     f"queries.documentPositives: {narrowing.rule})")
+    # Every positive and its exact-text copies, trained on or not, is never a negative.
     dup_rows = _duplicate_rows(corpus, row_of, train_qs)
     ctx.progress(f"mining {spec.mining.negatives} negatives from {spec.mining.candidates} candidates, "
                  f"margin {spec.mining.margin}")
@@ -82,7 +90,7 @@ def run(ctx: StageContext) -> StageResult:
                  excluded=[set(d) for d in dup_rows], index=build_index(p_emb, ctx.settings.device))
     policy = _NegativesPolicy(spec.mining.negatives, spec.mining.fewer_than_negatives, p_emb,
                               random.Random(spec.split.seed))
-    rows = _training_rows(corpus, train_qs, positives_rows, dup_rows, mined, q_emb, policy)
+    rows = _training_rows(corpus, train_qs, positives_rows, dup_rows, mined, q_emb, policy, row_of)
 
     n_rows = _write_jsonl(ctx.out / "train.jsonl", rows)
     quotes = _write_beir(ctx.out / "beir", corpus, by_id, splits, spec.split.remove_quotes)
@@ -100,6 +108,7 @@ def run(ctx: StageContext) -> StageResult:
         "questionsWithoutPositiveInCorpus": unknown_positive,
         "trainRows": n_rows,
         "multiHopTrainQuestions": sum(1 for q in train_qs if len(q["positives"]) > 1),
+        "documentPositives": narrowing.describe(),
         **policy.stats(),
         "margin": spec.mining.margin,
     }
@@ -264,18 +273,25 @@ class _NegativesPolicy:
 
 def _training_rows(corpus: list[dict], train_qs: list[dict], positives_rows: list[list[int]],
                    dup_rows: list[list[int]], mined: list, q_emb: np.ndarray,
-                   policy: _NegativesPolicy) -> list[dict]:
-    """One row per train question x positive; a question's rows share its negatives."""
+                   policy: _NegativesPolicy, row_of: dict[str, int]) -> list[dict]:
+    """One row per train question x trained positive; a question's rows share its negatives. Positives it does
+    not train on (queries.documentPositives) ride along as `otherPositives`, so training never treats them as
+    in-batch negatives of that question."""
     rows = []
     for qi, (q, qpos, m) in enumerate(zip(train_qs, positives_rows, mined)):
         negs = policy.negatives(m, q_emb[qi], set(qpos) | set(dup_rows[qi]))
         if negs is None:
             continue
         neg_rows = [{"_id": corpus[i]["_id"], "text": passage_text(corpus[i])} for i in negs]
+        trained = set(qpos)
+        others = [p for p in q["positives"] if row_of[p] not in trained]
         for p in qpos:
-            rows.append({"qid": q["_id"], "query": q["text"], "hops": q.get("hops", len(qpos)),
-                         "positive": {"_id": corpus[p]["_id"], "text": passage_text(corpus[p])},
-                         "negatives": neg_rows})
+            row = {"qid": q["_id"], "query": q["text"], "hops": q.get("hops", len(q["positives"])),
+                   "positive": {"_id": corpus[p]["_id"], "text": passage_text(corpus[p])},
+                   "negatives": neg_rows}
+            if others:
+                row["otherPositives"] = others
+            rows.append(row)
     if not rows:
         raise StageFailed("prepare", "no training rows left after mining (mining.fewerThanNegatives: drop removed "
                           "every question); lower mining.negatives or use pad-random")

@@ -10,6 +10,8 @@ What a relevant id or passage becomes (the chunks of ingest/corpus.jsonl are the
 - a document: a corpus file's path relative to corpus.path, a .jsonl corpus row as ``file#_id``, or that row's
   bare ``_id`` → every chunk cut from it;
 - a passage text → the chunk with that text (whitespace and case aside), else every chunk containing it.
+A label that names several chunks is kept as a group (the row's ``positiveGroups``): every chunk of it is relevant
+for scoring, and prepare trains on the one the base model finds closest (queries.documentPositives).
 What matches nothing is counted in sdg/stats.json; a query left without a positive is dropped.
 """
 
@@ -220,23 +222,28 @@ def match_queries(raw: list[RawQuery], index: ChunkIndex) -> tuple[list[dict], M
         if not q.text.strip():
             rep.without_text += 1
             continue
-        positives: list[str] = []
+        groups: list[list[str]] = []  # one per label that matched: the chunks it names
         for name in q.ids:
             found = index.by_id(name)
             if not found:
                 rep.unmatched_ids.append(name)
-            positives += found
+            groups.append(found)
         for text in q.passages:
             found = index.by_passage(text)
             rep.unmatched_passages += not found
-            positives += found
-        positives = list(dict.fromkeys(positives))
+            groups.append(found)
+        groups = [g for g in groups if g]
+        positives = list(dict.fromkeys(c for g in groups for c in g))
         if not positives:
             rep.without_positive += 1
             continue
         rep.positives += len(positives)
-        out.append({"_id": QUESTION_PREFIX + q.qid, "text": q.text.strip(), "hops": 1, "positives": positives,
-                    "score": None, "backend": "supplied"})
+        row = {"_id": QUESTION_PREFIX + q.qid, "text": q.text.strip(), "hops": 1, "positives": positives,
+               "score": None, "backend": "supplied"}
+        if any(len(g) > 1 for g in groups):
+            # prepare trains on one chunk of each such label (queries.documentPositives)
+            row["positiveGroups"] = groups
+        out.append(row)
     rep.kept = len(out)
     return out, rep
 

@@ -71,9 +71,11 @@ class TrainingSet:
         return len(self.pindex)
 
     def known_pairs(self, device: str) -> torch.Tensor:
-        """Sorted ``question_index * n_ids + passage_index`` of every (question, positive) pair."""
-        n = self.n_ids
-        pairs = sorted({self.qindex[r.qid] * n + self.pindex[r.pos_id] for r in self.rows})
+        """Sorted ``question_index * n_ids + passage_index`` of every (question, positive) pair, the question's
+        other positives included where they appear in some batch (as another row's positive or negative)."""
+        n, pindex = self.n_ids, self.pindex
+        pairs = sorted({self.qindex[r.qid] * n + pindex[p] for r in self.rows
+                        for p in (r.pos_id, *r.other_pos_ids) if p in pindex})
         return torch.tensor(pairs, dtype=torch.long, device=device)
 
     def texts(self) -> list[str]:

@@ -6,7 +6,9 @@ A row is one (question, positive passage) pair with the question's hard negative
     {"qid", "query", "positive": {"_id", "text"}, "negatives": [{"_id", "text"}, ...]}
 
 Rows unrolled from one multi-hop question share a qid; the positives of one qid are false negatives for
-each other (see ``known_positives``, the sampler in sampler.py and the mask in loss.py).
+each other (see ``known_positives``, the sampler in sampler.py and the mask in loss.py). An optional
+``"otherPositives": [_id, ...]`` names positives of the question that have no row of their own (the chunks of a
+document label prepare did not train on): they are masked the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TrainRow:
     pos_text: str
     neg_ids: list[str]
     neg_texts: list[str]
+    other_pos_ids: tuple[str, ...] = ()
 
 
 def load_rows(path: Path) -> list[TrainRow]:
@@ -52,6 +55,7 @@ def load_rows(path: Path) -> list[TrainRow]:
                     pos_text=str(pos["text"]),
                     neg_ids=[str(x["_id"]) for x in negs],
                     neg_texts=[str(x["text"]) for x in negs],
+                    other_pos_ids=tuple(str(x) for x in d.get("otherPositives") or ()),
                 )
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise TrainDataError(
@@ -71,6 +75,7 @@ def known_positives(rows: list[TrainRow]) -> dict[str, set[str]]:
     kp: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         kp[r.qid].add(r.pos_id)
+        kp[r.qid].update(r.other_pos_ids)
     return dict(kp)
 
 
@@ -112,5 +117,5 @@ def fit_negatives(rows: list[TrainRow], n: int, seed: int) -> tuple[list[TrainRo
                     f"cannot find {n} negatives for question {r.qid}: the training set has only {len(pool_ids)} "
                     "distinct passages; lower training.negatives"
                 )
-        out.append(TrainRow(r.qid, r.query, r.pos_id, r.pos_text, ids, texts))
+        out.append(TrainRow(r.qid, r.query, r.pos_id, r.pos_text, ids, texts, r.other_pos_ids))
     return out, padded

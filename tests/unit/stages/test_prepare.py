@@ -250,3 +250,36 @@ def test_prepare_loads_the_model_on_the_device_of_its_settings(tiny):
     efr = parse_document({"split": {"validation": 0.1, "test": 0.2, "seed": 1}})
     with pytest.raises(StageFailed, match="no-such-device"):
         execute_stage(efr, tiny, "prepare", settings=StageSettings(device="no-such-device"))
+
+
+def test_a_document_label_trains_on_its_closest_chunk_and_keeps_the_others_out_of_negatives(tmp_path):
+    # zebra's document was cut in two; a supplied label names the whole document (sdg's positiveGroups)
+    corpus = [{"_id": f"d{i}", "title": t.title(), "text": f"The {t} handbook explains how a {t} is kept safe.",
+               "metadata": {"source": f"{t}.md"}} for i, t in enumerate(TOPICS)]
+    corpus += [{"_id": "zebra-1", "title": "Zebra", "text": "Appendix: the index and the list of contributors.",
+                "metadata": {"source": "zebra.md", "position": 1}}]
+    questions = [{"_id": f"q{i}", "text": f"how do I keep a {t} safe", "hops": 1, "positives": [f"d{i}"]}
+                 for i, t in enumerate(TOPICS)]
+    questions[0] |= {"positives": ["zebra-1", "d0"], "positiveGroups": [["zebra-1", "d0"]], "backend": "supplied"}
+    ws = Workspace(tmp_path / "ws")
+    fake_upstream(ws, corpus, questions)
+    seed = next(s for s in range(100) if "q0" in split_questions([q["_id"] for q in questions], 0.1, 0.2, s)["train"])
+    split = {"validation": 0.1, "test": 0.2, "seed": seed, "by": "question"}
+    _, rows, stats = run_prepare(ws, split=split, mining={"negatives": 3, "candidates": 10})
+    [row] = [r for r in rows if r["qid"] == "q0"]
+    assert row["positive"]["_id"] == "d0" and row["otherPositives"] == ["zebra-1"]
+    assert stats["documentPositives"] == {"rule": "bestChunk", "labelsOverSeveralChunks": 1, "chunksNotTrainedOn": 1}
+    assert all("otherPositives" not in r for r in rows if r["qid"] != "q0")
+    for r in rows:  # the untrained chunk is still a positive of q0: never its negative
+        assert r["qid"] != "q0" or "zebra-1" not in {n["_id"] for n in r["negatives"]}
+    _, every, every_stats = run_prepare(ws, split=split, mining={"negatives": 3, "candidates": 10},
+                                        queries={"documentPositives": "everyChunk"})
+    assert sorted(r["positive"]["_id"] for r in every if r["qid"] == "q0") == ["d0", "zebra-1"]
+    assert not any("otherPositives" in r for r in every)
+    assert every_stats["documentPositives"]["chunksNotTrainedOn"] == 0
+    # the rule is one of prepare's inputs: changing it makes prepare stale
+    from eft.pipeline import is_up_to_date
+
+    spec = {"split": split, "mining": {"negatives": 3, "candidates": 10}}
+    assert is_up_to_date(parse_document({**spec, "queries": {"documentPositives": "everyChunk"}}), ws, "prepare")
+    assert not is_up_to_date(parse_document(spec), ws, "prepare")

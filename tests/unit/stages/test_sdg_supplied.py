@@ -55,6 +55,9 @@ def test_a_beir_folder_maps_documents_to_every_chunk_cut_from_them(tmp_path):
     assert set(by_id) == {"supplied:q1", "supplied:q2"}
     assert by_id["supplied:q1"]["positives"] == [cid(t) for t in TEXTS["MED-1"]]  # grade 0 (MED-3) is not relevant
     assert by_id["supplied:q2"]["positives"] == [cid(TEXTS["MED-2"][0])]
+    # a label naming several chunks stays a group, from which prepare trains on one (queries.documentPositives)
+    assert by_id["supplied:q1"]["positiveGroups"] == [[cid(t) for t in TEXTS["MED-1"]]]
+    assert "positiveGroups" not in by_id["supplied:q2"]
     assert all(q["backend"] == "supplied" and q["hops"] == 1 for q in qs)
     assert stats["read"] == 3 and stats["kept"] == 2 and stats["withoutPositive"] == 1  # q4 has no judgement
     assert stats["unmatchedIds"] == 2 and stats["unmatchedIdExamples"] == ["MED-404", "MED-404"]
@@ -71,12 +74,17 @@ def test_a_jsonl_file_names_chunks_files_rows_and_passages(tmp_path):
         {"_id": "e", "query": "row id", "ids": ["corpus.jsonl#MED-2"]},
         {"_id": "f", "query": "nothing", "passages": ["a sentence that appears nowhere"]},
         {"_id": "a", "query": "a repeated id", "ids": ["MED-2"]},
+        {"_id": "g", "query": "statins", "passages": ["statins"], "ids": ["MED-2"]},  # a word of two chunks
     ])
     qs, stats = supplied_questions(QueriesSpec(path=str(f)), chunks())
     got = {q["_id"].removeprefix("supplied:"): q["positives"] for q in qs}
     md = chunks()[-1]["_id"]
     assert got == {"a": [md], "b": [cid(TEXTS["MED-1"][1])], "c": [cid(TEXTS["MED-3"][0])],
-                   "d": [cid(TEXTS["MED-1"][0])], "e": [cid(TEXTS["MED-2"][0])]}
+                   "d": [cid(TEXTS["MED-1"][0])], "e": [cid(TEXTS["MED-2"][0])],
+                   "g": [cid(TEXTS["MED-2"][0]), *map(cid, TEXTS["MED-1"])]}
+    groups = {q["_id"].removeprefix("supplied:"): q.get("positiveGroups") for q in qs}
+    assert groups["g"] == [[cid(TEXTS["MED-2"][0])], [cid(t) for t in TEXTS["MED-1"]]]  # one group per label
+    assert groups["a"] is groups["d"] is None
     assert stats["unmatchedPassages"] == 1 and stats["withoutPositive"] == 1 and stats["duplicateIds"] == 1
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from eft.stages.train.loss import contrastive_loss, false_negative_mask
-from eft.stages.train.rows import TrainRow, fit_negatives, known_positives
+from eft.stages.train.rows import TrainRow, fit_negatives, known_positives, load_rows
 from eft.stages.train.sampler import QidBatchSampler
 
 from eft import metrics
@@ -169,6 +169,21 @@ def test_fit_negatives_pads_without_positives():
     for r in out:
         assert not set(r.neg_ids) & kp[r.qid]
         assert len(set(r.neg_ids)) == 2
+
+
+def test_other_positives_are_read_kept_and_never_padded_in(tmp_path):
+    # prepare trained q "a" on p1 only; p2 (another chunk of its document) rides along as otherPositives
+    f = tmp_path / "train.jsonl"
+    f.write_text(json.dumps({"qid": "a", "query": "qa", "positive": {"_id": "p1", "text": "t1"}, "negatives": [],
+                             "otherPositives": ["p2"]}) + "\n"
+                 + json.dumps({"qid": "b", "query": "qb", "positive": {"_id": "p2", "text": "t2"},
+                               "negatives": [{"_id": "n1", "text": "tn1"}]}) + "\n")
+    rows = load_rows(f)
+    assert rows[0].other_pos_ids == ("p2",) and rows[1].other_pos_ids == ()
+    assert known_positives(rows) == {"a": {"p1", "p2"}, "b": {"p2"}}
+    out, _ = fit_negatives(rows, 1, seed=0)
+    assert out[0].other_pos_ids == ("p2",)
+    assert out[0].neg_ids == ["n1"]  # the pool is p1, p2, n1: p1 and p2 are positives of "a"
 
 
 # ---------------------------------------------------------------------------------------------- stage

@@ -51,6 +51,15 @@ def test_a_batch_carries_prefixed_texts_and_the_ids_of_the_false_negative_mask()
     assert len(d.texts()) == 3 + 3 * 2
 
 
+def test_other_positives_join_the_mask_where_a_batch_can_hold_them():
+    # qb trained on p3 only; p1 (in batches as qa's positive) is another positive of qb, p9 is in no batch
+    rows = [*ROWS[:2], TrainRow("qb", "second question", "p3", "passage three", ["p1"], ["passage one"],
+                                other_pos_ids=("p1", "p9"))]
+    d = TrainingSet(rows, n_neg=1, padded=0, query_prefix="", passage_prefix="")
+    assert d.n_ids == 3
+    assert d.known_pairs("cpu").tolist() == [0 * 3 + 0, 0 * 3 + 1, 1 * 3 + 0, 1 * 3 + 2]
+
+
 def test_the_token_cache_gives_the_features_per_batch_tokenization_gives(model):
     cached, plain = data(), data()
     facts = attach_token_cache(cached, model, "cpu", enabled=True)

@@ -1,0 +1,57 @@
+"""Which chunks of a document-level label train as positives (spec.queries.documentPositives).
+
+A supplied label may name a whole document that ingest cut into several chunks (sdg keeps the chunks of one
+label together as the question's ``positiveGroups``). The label says some part of the document answers the
+query, not which: training on every chunk pulls the query towards passages that may not mention it. With
+'bestChunk' each such group trains on the chunk the base model scores highest for the query, the usual
+max-passage reading of a document label; its other chunks stay positives for scoring and are never negatives.
+Questions without groups (generated ones, labels naming one chunk) keep every positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RULES = ("bestChunk", "everyChunk")
+
+
+@dataclass
+class Narrowing:
+    """What the rule did over all train questions, for prepare/stats.json."""
+
+    rule: str
+    groups: int = 0  # labels that named several chunks
+    left_out: int = 0  # chunks of those labels that do not train (still positives for scoring)
+
+    def describe(self) -> dict:
+        return {"rule": self.rule, "labelsOverSeveralChunks": self.groups, "chunksNotTrainedOn": self.left_out}
+
+
+def trained_positive_rows(question: dict, row_of: dict[str, int], q_vec: np.ndarray, p_emb: np.ndarray,
+                          rule: str, tally: Narrowing) -> list[int]:
+    """Corpus rows of the positives `question` trains on, in its positives' order.
+
+    `q_vec` and `p_emb`: the base model's normalised embeddings of the question and of every corpus row."""
+    if rule not in RULES:
+        raise ValueError(f"unknown documentPositives rule {rule!r}; expected one of {', '.join(RULES)}")
+    every = [row_of[p] for p in question["positives"] if p in row_of]
+    groups = question.get("positiveGroups")
+    if rule == "everyChunk" or not groups:
+        return every
+    positive = set(every)
+    keep: set[int] = set()
+    grouped: set[int] = set()
+    for group in groups:
+        rows = [row_of[p] for p in group if row_of.get(p) in positive]  # chunks prepare dropped never train
+        grouped.update(rows)
+        if len(rows) > 1:
+            tally.groups += 1
+            keep.add(rows[int(np.argmax(p_emb[rows] @ q_vec))])
+        else:
+            keep.update(rows)
+    keep.update(r for r in every if r not in grouped)  # a positive outside every group trains as before
+    trained = [r for r in every if r in keep]
+    tally.left_out += len(every) - len(trained)
+    return trained

@@ -134,8 +134,10 @@ def run_mode(dataset: Path, mode: str, root: Path, settings: dict, force: bool, 
         metrics_path = ws.root / ".work" / "evaluate" / "metrics.json"  # a failed gate keeps its metrics here
     metrics = read_json(metrics_path) if metrics_path.is_file() and (not failure or "quality gate" in failure) else None
     train_m = ws.manifest("train") or {}
+    prepare_m = ws.manifest("prepare") or {}
     return {"mode": mode, "times": times, "failure": failure, "metrics": metrics,
-            "train": train_m.get("counts", {}), "trainDetails": train_m.get("details", {})}
+            "train": train_m.get("counts", {}), "trainDetails": train_m.get("details", {}),
+            "documentPositives": prepare_m.get("details", {}).get("documentPositives")}
 
 
 def _delta(res: dict, metric: str) -> str:
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
             "base": m.get("base"), "tuned": m.get("tuned"), "gate": (r["metrics"] or {}).get("gate", {}).get("status"),
             "failure": r["failure"], "times": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r["times"].items()},
             "train": r["train"], "tokenCache": r["trainDetails"].get("tokenCache"),
-            "batchSize": r["trainDetails"].get("batchSize"), "compile": r["trainDetails"].get("compile")},
+            "batchSize": r["trainDetails"].get("batchSize"), "compile": r["trainDetails"].get("compile"),
+            "documentPositives": r["documentPositives"]},
             sort_keys=True), flush=True)
     return 0 if all(r["metrics"] for r in results) else 1
 

@@ -1,11 +1,13 @@
 """Which chunks of a document-level label train as positives (spec.queries.documentPositives).
 
 A supplied label may name a whole document that ingest cut into several chunks (sdg keeps the chunks of one
-label together as the question's ``positiveGroups``). The label says some part of the document answers the
-query, not which: training on every chunk pulls the query towards passages that may not mention it. With
-'bestChunk' each such group trains on the chunk the base model scores highest for the query, the usual
-max-passage reading of a document label; its other chunks stay positives for scoring and are never negatives.
-Questions without groups (generated ones, labels naming one chunk) keep every positive.
+label together as the question's ``positiveGroups``). 'everyChunk' (the default) trains on all of them.
+'bestChunk' trains each such group on the chunk the base model scores highest for the query, the max-passage
+reading of a document label, for long documents whose other parts may not mention what the label is about;
+its other chunks stay positives for scoring and are never negatives. On NFCorpus, abstracts cut in about two
+chunks on one topic, bestChunk measured worse (+7.9% nDCG@10 on the human test queries against +9.3%, 2 CPU
+cores, one run each: bench/results/2026-12-07-cpu-nfcorpus-best-chunk-positives.txt), hence the default.
+Questions without groups (generated ones, labels naming one chunk) keep every positive either way.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ What a relevant id or passage becomes (the chunks of ingest/corpus.jsonl are the
   bare ``_id`` → every chunk cut from it;
 - a passage text → the chunk with that text (whitespace and case aside), else every chunk containing it.
 A label that names several chunks is kept as a group (the row's ``positiveGroups``): every chunk of it is relevant
-for scoring, and prepare trains on the one the base model finds closest (queries.documentPositives).
+for scoring, and prepare trains on all of them or on the one the base model finds closest
+(queries.documentPositives).
 What matches nothing is counted in sdg/stats.json; a query left without a positive is dropped.
 """
 
@@ -241,7 +242,7 @@ def match_queries(raw: list[RawQuery], index: ChunkIndex) -> tuple[list[dict], M
         row = {"_id": QUESTION_PREFIX + q.qid, "text": q.text.strip(), "hops": 1, "positives": positives,
                "score": None, "backend": "supplied"}
         if any(len(g) > 1 for g in groups):
-            # prepare trains on one chunk of each such label (queries.documentPositives)
+            # with queries.documentPositives: bestChunk prepare trains on one chunk of each such label
             row["positiveGroups"] = groups
         out.append(row)
     rep.kept = len(out)

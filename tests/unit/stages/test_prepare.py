@@ -252,7 +252,7 @@ def test_prepare_loads_the_model_on_the_device_of_its_settings(tiny):
         execute_stage(efr, tiny, "prepare", settings=StageSettings(device="no-such-device"))
 
 
-def test_a_document_label_trains_on_its_closest_chunk_and_keeps_the_others_out_of_negatives(tmp_path):
+def test_a_document_label_trains_on_every_chunk_or_on_its_closest_one(tmp_path):
     # zebra's document was cut in two; a supplied label names the whole document (sdg's positiveGroups)
     corpus = [{"_id": f"d{i}", "title": t.title(), "text": f"The {t} handbook explains how a {t} is kept safe.",
                "metadata": {"source": f"{t}.md"}} for i, t in enumerate(TOPICS)]
@@ -264,22 +264,24 @@ def test_a_document_label_trains_on_its_closest_chunk_and_keeps_the_others_out_o
     ws = Workspace(tmp_path / "ws")
     fake_upstream(ws, corpus, questions)
     seed = next(s for s in range(100) if "q0" in split_questions([q["_id"] for q in questions], 0.1, 0.2, s)["train"])
-    split = {"validation": 0.1, "test": 0.2, "seed": seed, "by": "question"}
-    _, rows, stats = run_prepare(ws, split=split, mining={"negatives": 3, "candidates": 10})
+    spec = {"split": {"validation": 0.1, "test": 0.2, "seed": seed, "by": "question"},
+            "mining": {"negatives": 3, "candidates": 10}}
+    # the default: every chunk of the document trains
+    _, every, every_stats = run_prepare(ws, **spec)
+    assert sorted(r["positive"]["_id"] for r in every if r["qid"] == "q0") == ["d0", "zebra-1"]
+    assert not any("otherPositives" in r for r in every)
+    assert every_stats["documentPositives"] == {"rule": "everyChunk", "labelsOverSeveralChunks": 0,
+                                                "chunksNotTrainedOn": 0}
+    # bestChunk: only the chunk the base model finds closest to the question
+    _, rows, stats = run_prepare(ws, **spec, queries={"documentPositives": "bestChunk"})
     [row] = [r for r in rows if r["qid"] == "q0"]
     assert row["positive"]["_id"] == "d0" and row["otherPositives"] == ["zebra-1"]
     assert stats["documentPositives"] == {"rule": "bestChunk", "labelsOverSeveralChunks": 1, "chunksNotTrainedOn": 1}
     assert all("otherPositives" not in r for r in rows if r["qid"] != "q0")
     for r in rows:  # the untrained chunk is still a positive of q0: never its negative
         assert r["qid"] != "q0" or "zebra-1" not in {n["_id"] for n in r["negatives"]}
-    _, every, every_stats = run_prepare(ws, split=split, mining={"negatives": 3, "candidates": 10},
-                                        queries={"documentPositives": "everyChunk"})
-    assert sorted(r["positive"]["_id"] for r in every if r["qid"] == "q0") == ["d0", "zebra-1"]
-    assert not any("otherPositives" in r for r in every)
-    assert every_stats["documentPositives"]["chunksNotTrainedOn"] == 0
     # the rule is one of prepare's inputs: changing it makes prepare stale
     from eft.pipeline import is_up_to_date
 
-    spec = {"split": split, "mining": {"negatives": 3, "candidates": 10}}
-    assert is_up_to_date(parse_document({**spec, "queries": {"documentPositives": "everyChunk"}}), ws, "prepare")
+    assert is_up_to_date(parse_document({**spec, "queries": {"documentPositives": "bestChunk"}}), ws, "prepare")
     assert not is_up_to_date(parse_document(spec), ws, "prepare")

@@ -13,10 +13,13 @@ Questions without groups (generated ones, labels naming one chunk) keep every po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
-RULES = ("bestChunk", "everyChunk")
+from eft.spec import QueriesSpec
+
+RULES = get_args(QueriesSpec.model_fields["document_positives"].annotation)  # the spec's values, one source
 
 
 @dataclass
@@ -32,15 +35,16 @@ class Narrowing:
 
 
 def trained_positive_rows(question: dict, row_of: dict[str, int], q_vec: np.ndarray, p_emb: np.ndarray,
-                          rule: str, tally: Narrowing) -> list[int]:
-    """Corpus rows of the positives `question` trains on, in its positives' order.
+                          tally: Narrowing) -> list[int]:
+    """Corpus rows of the positives `question` trains on under `tally.rule`, in its positives' order; `tally`
+    counts what the rule left out.
 
     `q_vec` and `p_emb`: the base model's normalised embeddings of the question and of every corpus row."""
-    if rule not in RULES:
-        raise ValueError(f"unknown documentPositives rule {rule!r}; expected one of {', '.join(RULES)}")
+    if tally.rule not in RULES:
+        raise ValueError(f"unknown documentPositives rule {tally.rule!r}; expected one of {', '.join(sorted(RULES))}")
     every = [row_of[p] for p in question["positives"] if p in row_of]
     groups = question.get("positiveGroups")
-    if rule == "everyChunk" or not groups:
+    if tally.rule == "everyChunk" or not groups:
         return every
     positive = set(every)
     keep: set[int] = set()

@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> StageResult:
     train_qs = [by_id[q] for q in splits["train"]]
     p_emb, q_emb = _embed(ctx, corpus, train_qs)
     narrowing = Narrowing(spec.queries.document_positives)
-    positives_rows = [trained_positive_rows(q, row_of, q_emb[i], p_emb, narrowing.rule, narrowing)
+    positives_rows = [trained_positive_rows(q, row_of, q_emb[i], p_emb, narrowing)
                       for i, q in enumerate(train_qs)]
     if narrowing.groups:
         ctx.progress(f"{narrowing.groups} labels named several chunks: training on the chunk the base model finds "

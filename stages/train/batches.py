@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from eft.stages.train.rows import TrainRow
+from eft.stages.train.rows import TrainRow, known_positives
 from eft.stages.train.token_cache import TokenCache, build_token_cache
 
 # Batch lengths on a GPU: multiples of this (see TokenCache.pad_multiple).
@@ -74,8 +74,8 @@ class TrainingSet:
         """Sorted ``question_index * n_ids + passage_index`` of every (question, positive) pair, the question's
         other positives included where they appear in some batch (as another row's positive or negative)."""
         n, pindex = self.n_ids, self.pindex
-        pairs = sorted({self.qindex[r.qid] * n + pindex[p] for r in self.rows
-                        for p in (r.pos_id, *r.other_pos_ids) if p in pindex})
+        pairs = sorted({self.qindex[q] * n + pindex[p] for q, ps in known_positives(self.rows).items()
+                        for p in ps if p in pindex})
         return torch.tensor(pairs, dtype=torch.long, device=device)
 
     def texts(self) -> list[str]:

@@ -13,7 +13,7 @@ Q = np.array([1, 0, 0], dtype=np.float32)
 
 def pick(question, rule="bestChunk"):
     tally = Narrowing(rule)
-    return trained_positive_rows(question, ROW_OF, Q, P_EMB, rule, tally), tally
+    return trained_positive_rows(question, ROW_OF, Q, P_EMB, tally), tally
 
 
 def test_a_document_label_trains_on_its_chunk_the_base_model_scores_highest():

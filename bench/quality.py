@@ -225,7 +225,8 @@ def main(argv=None) -> int:
         if not m or dataset.name not in m:
             print(f"{r['mode']:9s} no metrics: {r['failure']}")
             continue
-        print(f"{r['mode']:9s} {_delta(m['test'], 'ndcg@10'):>21s} "
+        synthetic = _delta(m["test"], "ndcg@10") if "test" in m else "none (split.test 0)"
+        print(f"{r['mode']:9s} {synthetic:>21s} "
               f"{(m.get('seenInTraining') or {}).get('positivesSeenInTraining', '?'):>5} "
               f"{_delta(m[dataset.name], 'ndcg@10'):>21s} {_delta(m[dataset.name], 'recall@10'):>17s}  "
               f"{_gate(m.get('gate', {}), (r['train'] or {}).get('best_epoch'))}")

@@ -308,9 +308,19 @@ class SDGSpec(SpecModel):
         return self
 
 
+# split.test when unset and the gate is judged on the synthetic test split.
+DEFAULT_TEST_FRACTION = 0.1
+
+
 class SplitSpec(SpecModel):
     validation: float = Field(default=0.05, ge=0.0, lt=1.0, description="Fraction of questions for validation.")
-    test: float = Field(default=0.1, gt=0.0, lt=1.0, description="Fraction of questions for the test split.")
+    test: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description="Fraction of questions for the synthetic test split. Unset: 0.1, or 0 (no synthetic test split) "
+        "when the quality gate is judged on an evaluation.datasets entry; then that split would be a report no "
+        "verdict reads, and with supplied queries it would keep a tenth of the labels out of training. With it "
+        "unset, adding or removing that entry re-runs from prepare. 0 needs the gate on a datasets entry.",
+    )
     by: Literal["document", "chunk", "question"] = Field(
         default="document",
         description="'document': questions whose positive passages come from one source document (every chunk "
@@ -340,16 +350,16 @@ class SplitSpec(SpecModel):
         "(mining.fewerThanNegatives 'pad-random').",
     )
 
-    cel_rules = (CelRule("self.validation + self.test < 0.9",
+    cel_rules = (CelRule(f"self.validation + (has(self.test) ? self.test : {DEFAULT_TEST_FRACTION}) < 0.9",
                          "validation + test leaves too little for training (must be < 0.9)",
                          mirrors="_leaves_training"),)
 
     @model_validator(mode="after")
     def _leaves_training(self) -> SplitSpec:
-        if self.validation + self.test >= 0.9:
-            raise ValueError(
-                f"validation + test = {self.validation + self.test:g} leaves too little for training (must be < 0.9)"
-            )
+        # an unset test is at most the default: the bound holds for whatever it resolves to
+        held_out = self.validation + (DEFAULT_TEST_FRACTION if self.test is None else self.test)
+        if held_out >= 0.9:
+            raise ValueError(f"validation + test = {held_out:g} leaves too little for training (must be < 0.9)")
         return self
 
 
@@ -614,6 +624,10 @@ class EvaluationSpec(SpecModel):
             raise ValueError(f"gate.dataset must be 'test' or the name of an evaluation.datasets entry "
                              f"(got '{self.gate.dataset}', have {names})")
         return self
+
+    def gate_dataset_name(self) -> str:
+        """Where the gate is judged: gate.dataset, else the first datasets entry, else the synthetic test split."""
+        return self.gate.dataset or (self.datasets[0].name if self.datasets else "test")
 
     @model_validator(mode="after")
     def _gate_k_measured(self) -> EvaluationSpec:
@@ -974,7 +988,29 @@ class EmbeddingFinetuneSpec(SpecModel):
         "!has(self.training) || !has(self.training.maxSeqLength) || self.training.maxSeqLength <= "
         "(has(self.baseModel) && has(self.baseModel.maxSeqLength) ? self.baseModel.maxSeqLength : 256)",
         "training.maxSeqLength must not exceed baseModel.maxSeqLength", field_path=".training.maxSeqLength",
-        mirrors="_training_length_fits"),)
+        mirrors="_training_length_fits"), CelRule(
+        "!has(self.split) || !has(self.split.test) || self.split.test > 0.0 || (has(self.evaluation) && "
+        "has(self.evaluation.datasets) && size(self.evaluation.datasets) > 0 && (!has(self.evaluation.gate) || "
+        "!has(self.evaluation.gate.dataset) || self.evaluation.gate.dataset != 'test'))",
+        "split.test 0 leaves no synthetic test split: the gate must be judged on an evaluation.datasets entry",
+        field_path=".split.test", mirrors="_gate_has_its_split"))
+
+    @model_validator(mode="after")
+    def _gate_has_its_split(self) -> EmbeddingFinetuneSpec:
+        if self.split.test == 0 and self.evaluation.gate_dataset_name() == "test":
+            raise ValueError("split.test 0 leaves no synthetic test split: the gate must be judged on an "
+                             "evaluation.datasets entry (add one, and leave gate.dataset unset or name it)")
+        return self
+
+    @property
+    def test_fraction(self) -> float:
+        """split.test as prepare uses it. Unset: none when the gate reads a human-labelled dataset (a synthetic
+        test split would then only be a report, and with supplied queries it holds back labels training could
+        use: 259 of NFCorpus's 2,590 train queries), else DEFAULT_TEST_FRACTION. A property so that prepare's
+        fingerprint can name it as a section."""
+        if self.split.test is not None:
+            return self.split.test
+        return 0.0 if self.evaluation.gate_dataset_name() != "test" else DEFAULT_TEST_FRACTION
 
     @model_validator(mode="after")
     def _training_length_fits(self) -> EmbeddingFinetuneSpec:

@@ -38,7 +38,7 @@ STAGE_DEFS: dict[str, StageDef] = {
                  cluster_sections=("corpus.existing_claim", "corpus.config_map", "base_model.existing_claim")),
         StageDef("sdg", ("ingest",), ("sdg", "queries.path", "queries.split", "queries.use", *_PREFIX),
                  cluster_sections=("queries.existing_claim", "queries.config_map")),
-        StageDef("prepare", ("ingest", "sdg"), ("split", "mining", "queries.document_positives", "base_model"),
+        StageDef("prepare", ("ingest", "sdg"), ("split", "test_fraction", "mining", "queries.document_positives", "base_model"),
                  gpu=True),
         StageDef("train", ("prepare",), ("training", "mining.negatives", "base_model"), gpu=True),
         StageDef("evaluate", ("prepare", "train"), ("evaluation", "base_model"), gpu=True),

@@ -58,14 +58,16 @@ def _fail(msg: str) -> StageFailed:
 
 
 def load_eval_sets(prepare_dir: Path, datasets) -> list[EvalSet]:
+    """The synthetic test split (when prepare made one: split.test resolved to 0 makes none) and every dataset."""
     from eft import metrics
 
     sets = []
-    try:
-        data = metrics.load_beir(prepare_dir / "beir", TEST)
-    except metrics.DatasetError as exc:
-        raise _fail(f"synthetic test split: {exc}") from None
-    sets.append(EvalSet(TEST, "synthetic held-out split", data, False))
+    if metrics.has_split(prepare_dir / "beir", TEST):
+        try:
+            data = metrics.load_beir(prepare_dir / "beir", TEST)
+        except metrics.DatasetError as exc:
+            raise _fail(f"synthetic test split: {exc}") from None
+        sets.append(EvalSet(TEST, "synthetic held-out split", data, False))
     for ds in datasets:
         if ds.name in RESERVED:
             raise _fail(f"evaluation.datasets name '{ds.name}' is reserved; choose another name")
@@ -79,6 +81,9 @@ def load_eval_sets(prepare_dir: Path, datasets) -> list[EvalSet]:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise _fail(f"evaluation.datasets names must be unique, got {names}")
+    if not sets:
+        raise _fail("nothing to evaluate on: prepare made no synthetic test split (split.test 0) and "
+                    "evaluation.datasets is empty")
     return sets
 
 
@@ -177,7 +182,11 @@ def render_markdown(m: dict[str, Any]) -> str:
 
     lines = []
     info = m.get("datasets", {})
-    for name in dataset_names(m):
+    names = dataset_names(m)
+    if names and TEST not in names:
+        lines += ["No synthetic test split: split.test resolved to 0, since the gate reads a human-labelled dataset "
+                  "(those questions trained instead).", ""]
+    for name in names:
         res = m[name]
         d = info.get(name, {})
         desc = f" ({d.get('description')}: {d.get('queries')} queries, {d.get('documents')} documents)" if d else ""
@@ -293,7 +302,10 @@ def run(ctx: StageContext) -> StageResult:
             results[name][label] = mm
         del model
 
-    gate_ds = ev.gate.dataset or (sets[1].name if len(sets) > 1 else TEST)
+    gate_ds = ev.gate_dataset_name()
+    if gate_ds not in results:
+        raise _fail(f"the gate is judged on '{gate_ds}', which prepare did not make (split.test 0): re-run prepare "
+                    "with split.test above 0 or judge the gate on an evaluation.datasets entry")
     train_details = ctx.input_manifest("train").get("details") or {}
     # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
     split = (ctx.input_manifest("prepare").get("details") or {}).get("split") or {}
@@ -305,7 +317,7 @@ def run(ctx: StageContext) -> StageResult:
     if search:
         m["trainingSearch"] = search
     seen = (split.get("seenInTraining") or {}).get("test")
-    if seen is not None:
+    if seen is not None and TEST in results:
         m["seenInTraining"] = {**seen, **((split.get("documentsSeenInTraining") or {}).get("test") or {})}
     if split.get("quotesRemoved"):
         m["quotesRemoved"] = split["quotesRemoved"]
@@ -323,9 +335,9 @@ def run(ctx: StageContext) -> StageResult:
         gate_base=None if gate["metric"] == "ndcg@10" else round(gate["base"], 4),
         gate_tuned=None if gate["metric"] == "ndcg@10" else round(gate["tuned"], 4),
         relative_improvement=gate["relativeChange"], required=gate["required"], gate_reason=gate["unverifiable"])
-    test = results[TEST]
+    test = results.get(TEST) or {"base": {}, "tuned": {}}
     counts = {
-        "queries": len(sets[0].data.queries),
+        "queries": len(sets[0].data.queries),  # the synthetic test split's, or the first dataset's without one
         "documents": len(sets[0].data.corpus),
         "datasets": len(sets),
         "base_ndcg@10": _round(results[gate_ds]["base"].get("ndcg@10")),

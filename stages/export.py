@@ -85,7 +85,8 @@ def run(ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     if not ctx.spec.export.onnx.enabled:
         return _onnx_disabled(ctx, manifest)
-    split = load_test_split(beir_dir)
+    split_name, split = load_test_split(beir_dir)
+    manifest["quality"]["split"] = split_name
     exported = _export(ctx, model_dir, split, manifest["prefixes"], threads)
     _write_model_manifest(ctx.out, model_dir, manifest, exported)
     _log_outcome(exported, time.perf_counter() - t0)

@@ -27,15 +27,26 @@ class QualitySplit(NamedTuple):
     qrels: dict
 
 
-def load_test_split(beir_dir: Path) -> QualitySplit:
-    """The workspace's test split through the same loader the evaluate stage uses."""
-    from eft.metrics import DatasetError, load_beir
+# Where a variant's quality is measured, in order of preference. A spec whose gate reads a human-labelled dataset
+# has no synthetic test split by default (split.test); the validation split then serves, since only the change
+# between fp32 and a variant matters here, not the score itself. Training questions are the last resort.
+QUALITY_SPLITS = ("test", "dev", "train")
 
+
+def load_test_split(beir_dir: Path) -> tuple[str, QualitySplit]:
+    """(split name, split): the workspace's first non-empty held-out split of QUALITY_SPLITS, through the same
+    loader the evaluate stage uses."""
+    from eft.metrics import DatasetError, has_split, load_beir
+
+    name = next((s for s in QUALITY_SPLITS if has_split(beir_dir, s)), None)
+    if name is None:
+        raise StageFailed("export", f"the export measures quality on prepare's questions, and {beir_dir} has "
+                          "none (qrels/test.tsv, dev.tsv and train.tsv are empty): re-run prepare")
     try:
-        data = load_beir(beir_dir, "test")
+        data = load_beir(beir_dir, name)
     except DatasetError as exc:
-        raise StageFailed("export", f"the export measures quality on the test split: {exc}") from None
-    return QualitySplit(data.corpus, data.queries, data.qrels)
+        raise StageFailed("export", f"the export measures quality on the {name} split: {exc}") from None
+    return name, QualitySplit(data.corpus, data.queries, data.qrels)
 
 
 def measure_quality(backend: Any, corpus: dict, queries: dict, qrels: dict, prefixes: dict[str, str],

@@ -54,7 +54,7 @@ def _report(stage_dir: Path, settings: StageSettings) -> str:
     trt = m.get("tensorrt") or {}
     lines.append(f"TensorRT: {trt.get('status', '-')}")
     q = m.get("quality") or {}
-    lines.append(f"quality: {q.get('metric')} on the test split ({q.get('queries')} queries x {q.get('passages')} "
+    lines.append(f"quality: {q.get('metric')} on the {q.get('split', 'test')} split ({q.get('queries')} queries x {q.get('passages')} "
                  f"passages), maxQualityLoss {q.get('max_quality_loss', 0):.2%}")
     if m.get("served_variants") and settings.smoke_test:
         from eft.serving.smoke import smoke_check

@@ -159,14 +159,14 @@ def _document_key(corpus: list[dict], row_of: dict[str, int]):
 
 def _split(ctx: StageContext, corpus: list[dict], row_of: dict[str, int],
            positives: dict[str, list[str]]) -> SplitPlan:
-    sp = ctx.spec.split
+    sp, test = ctx.spec.split, ctx.spec.test_fraction
     if sp.by == "question":
-        plan = SplitPlan(split_questions(list(positives), sp.validation, sp.test, sp.seed), by="question")
+        plan = SplitPlan(split_questions(list(positives), sp.validation, test, sp.seed), by="question")
     elif sp.by == "chunk":
-        plan = split_by_chunk(positives, _text_key(corpus, row_of), sp.validation, sp.test, sp.seed)
+        plan = split_by_chunk(positives, _text_key(corpus, row_of), sp.validation, test, sp.seed)
     else:
         plan = split_by_document(positives, _text_key(corpus, row_of), _document_key(corpus, row_of),
-                                 sp.validation, sp.test, sp.seed)
+                                 sp.validation, test, sp.seed)
     if plan.fallback:
         ctx.progress(f"warning: {plan.fallback}")
     shared = "passages or documents" if plan.by == "document" else "passages"

@@ -29,9 +29,9 @@ SPLITS = ("train", "dev", "test")
 
 
 def target_sizes(n: int, validation: float, test: float) -> tuple[int, int]:
-    """(test, dev) question counts for ``n`` questions: at least one test question from 3 questions on, at
-    least one dev question from 20 on when validation is asked for."""
-    n_test = max(1, round(n * test)) if n >= 3 else 0
+    """(test, dev) question counts for ``n`` questions: at least one test question from 3 questions on when a
+    test split is asked for, at least one dev question from 20 on when validation is."""
+    n_test = max(1, round(n * test)) if n >= 3 and test > 0 else 0
     n_dev = round(n * validation) if n >= 3 else 0
     if validation > 0 and n >= 20:
         n_dev = max(1, n_dev)

@@ -39,7 +39,8 @@ def test_defaults_are_the_measured_preset_and_the_recipe_is_one_word_away():
     assert s.training.batch_size == "auto"
     assert s.evaluation.k == [1, 5, 10, 100] and s.evaluation.gate.metric == "ndcg@10"
     assert s.export.onnx.opset == 17 and s.export.onnx.int8 is True
-    assert s.split.validation == 0.05 and s.split.test == 0.1 and s.split.seed == 42
+    assert s.split.validation == 0.05 and s.split.test is None and s.split.seed == 42
+    assert s.test_fraction == 0.1  # no evaluation.datasets: the gate reads the synthetic test split
     assert s.sdg.questions_per_chunk == 3 and s.sdg.max_hops == 3 and s.sdg.min_quality_score == 7
 
 

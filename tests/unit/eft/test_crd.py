@@ -114,7 +114,8 @@ def test_cel_rules_mirror_the_model_validators():
     rules = {p: [r["rule"] for r in n.get("x-kubernetes-validations", [])] for p, n in _walk(
         {"properties": spec}, "spec")}
     assert any("overlapTokens < self.maxTokens" in r for r in rules["spec.corpus.chunking"])
-    assert any("validation + self.test < 0.9" in r for r in rules["spec.split"])
+    assert any("self.validation + (has(self.test) ? self.test : 0.1) < 0.9" in r for r in rules["spec.split"])
+    assert any("self.split.test > 0.0" in r["rule"] for r in _root()["properties"]["spec"]["x-kubernetes-validations"])
     assert any("candidates >= self.negatives" in r for r in rules["spec.mining"])
     assert any("has(self.openai)" in r for r in rules["spec.sdg"])
     assert any("existingClaim" in r and "configMap" in r for r in rules["spec.corpus"])
@@ -195,6 +196,7 @@ INVALID = [
     ({"corpus": {"existingClaim": "a", "configMap": "b"}}, "spec.corpus.configMap", True),
     ({"split": {"validation": 0.5, "test": 0.4}}, "spec.split", True),
     ({"split": {"by": "row"}}, "spec.split.by", True),
+    ({"split": {"test": 0}}, "spec.split.test", True),  # no synthetic test split, and the gate would read it
     ({"evaluation": {"gate": {"dataset": "human"}}}, "spec.evaluation.gate.dataset", True),
     ({"queries": {"path": "q.jsonl", "existingClaim": "a", "configMap": "b"}}, "spec.queries.configMap", True),
     ({"queries": {"existingClaim": "a"}}, "spec.queries.path", True),

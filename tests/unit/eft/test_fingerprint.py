@@ -65,6 +65,17 @@ def test_the_runner_and_the_operator_see_the_same_changes(section):
             assert jobs_a[stage] != jobs_b[stage], (stage, section)
 
 
+def test_a_gate_dataset_reruns_prepare_only_when_it_changes_the_test_fraction():
+    """An unset split.test resolves from where the gate is judged: naming a human-labelled set empties the synthetic
+    test split, so prepare re-runs; with split.test set, only evaluate does."""
+    human = {"evaluation": {"datasets": [{"name": "h", "path": "h"}]}}
+    base, gated = job_fingerprints(parsed(efr())), job_fingerprints(parsed(efr(human)))
+    assert [s for s in STAGES if gated[s] != base[s]] == ["prepare", "train", "evaluate", "export"]
+    fixed = {"split": {"test": 0.1}}
+    base, gated = job_fingerprints(parsed(efr(fixed))), job_fingerprints(parsed(efr({**fixed, **human})))
+    assert [s for s in STAGES if gated[s] != base[s]] == ["evaluate", "export"]
+
+
 def test_workspace_fingerprint_carries_the_version_upstream_outputs_and_external_inputs():
     spec = EmbeddingFinetuneSpec()
     fp = workspace_fingerprint(spec, "evaluate", {"prepare": "p1", "train": "t1", "ingest": "ignored"},

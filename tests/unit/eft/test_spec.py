@@ -99,6 +99,11 @@ def test_relative_corpus_path_resolves_against_the_spec_file(tmp_path):
         ({"corpus": {"chunking": {"maxTokens": 64, "overlapTokens": 64}}}, "overlapTokens (64) must be smaller"),
         ({"split": {"validation": 0.5, "test": 0.5}}, "leaves too little for training"),
         ({"split": {"by": "row"}}, "spec.split.by: must be one of 'document', 'chunk' or 'question' (got 'row')"),
+        ({"split": {"test": 0}}, "split.test 0 leaves no synthetic test split: the gate must be judged on an "
+                                 "evaluation.datasets entry"),
+        ({"split": {"test": 0}, "evaluation": {"gate": {"dataset": "test"}, "datasets": [{"name": "h", "path": "h"}]}},
+         "split.test 0 leaves no synthetic test split"),
+        ({"split": {"validation": 0.85}}, "validation + test = 0.95 leaves too little for training"),
         ({"evaluation": {"gate": {"dataset": "human"}, "datasets": [{"name": "nf", "path": "/d"}]}},
          "spec.evaluation: gate.dataset must be 'test' or the name of an evaluation.datasets entry (got 'human', "
          "have ['test', 'nf'])"),
@@ -196,3 +201,16 @@ def test_bounds_the_crd_needs_are_the_models_too(patch, field):
     with pytest.raises(SpecError) as ei:
         parse_document({"spec": patch})
     assert any(p.startswith(field) for p in ei.value.problems), ei.value.problems
+
+
+@pytest.mark.parametrize("split, evaluation, expected", [
+    ({}, {}, 0.1),  # the gate reads the synthetic test split
+    ({}, {"datasets": [{"name": "h", "path": "h"}]}, 0.0),  # the gate reads the human-labelled set
+    ({}, {"datasets": [{"name": "h", "path": "h"}], "gate": {"dataset": "test"}}, 0.1),
+    ({"test": 0.2}, {"datasets": [{"name": "h", "path": "h"}]}, 0.2),  # set: used as written
+    ({"test": 0}, {"datasets": [{"name": "h", "path": "h"}]}, 0.0),
+])
+def test_an_unset_test_fraction_holds_no_questions_back_when_the_gate_reads_a_human_labelled_set(
+        split, evaluation, expected):
+    spec = parse_document({"spec": {"split": split, "evaluation": evaluation}}).spec
+    assert spec.test_fraction == expected

@@ -301,6 +301,29 @@ def test_test_sources_from_prepare_or_for_an_older_prepare_from_the_spec():
     assert evaluate.test_sources({}, supplied) == set() and evaluate.test_sources({}, llm) == set()
 
 
+def test_without_a_synthetic_test_split_the_human_set_alone_is_measured_and_gates(tmp_path):
+    """split.test resolved to 0 (the gate reads a human-labelled dataset): prepare writes an empty test split."""
+    from eft.models import load_sentence_model
+
+    ws = Workspace(tmp_path)
+    write_beir(tmp_path / "prepare" / "beir", {})
+    write_manifest(tmp_path / "prepare", "prepare")
+    load_sentence_model(device="cpu").save(str(tmp_path / "train" / "model"), create_model_card=False)
+    write_manifest(tmp_path / "train", "train")
+    write_beir(tmp_path / "human", QUERIES)
+    efr = spec_with(ws)
+    assert efr.spec.test_fraction == 0.0
+    m = execute_stage(efr, ws, "evaluate")
+    data = json.loads((ws.stage_dir("evaluate") / "metrics.json").read_text())
+    assert set(data) == {"human", "gate", "datasets"} and data["gate"]["dataset"] == "human"
+    assert m["counts"]["queries"] == len(QUERIES) and EvaluateReport.parse(m["summary"]).gate == "passed"
+    md = evaluate.report(ws.stage_dir("evaluate"))
+    assert "No synthetic test split: split.test resolved to 0" in md and "### test" not in md
+    # a gate named on the synthetic split that prepare did not make is a clear failure, not a KeyError
+    with pytest.raises(StageFailed, match="the gate is judged on 'test', which prepare did not make"):
+        execute_stage(spec_with(ws, dataset="test"), ws, "evaluate")
+
+
 def test_bad_input_fails_with_one_line(tmp_path):
     ws = Workspace(tmp_path)
     write_beir(tmp_path / "prepare" / "beir", {})
@@ -311,7 +334,11 @@ def test_bad_input_fails_with_one_line(tmp_path):
     with pytest.raises(StageFailed, match="not a model folder"):
         execute_stage(efr, ws, "evaluate")
     (tmp_path / "train" / "model" / "modules.json").write_text("[]")
-    with pytest.raises(StageFailed, match="synthetic test split: .*split 'test' has no judgements"):
+    with pytest.raises(StageFailed, match="nothing to evaluate on: prepare made no synthetic test split"):
+        execute_stage(efr, ws, "evaluate")
+    with open(tmp_path / "prepare" / "beir" / "qrels" / "test.tsv", "a") as f:
+        f.write("t9\td-paris\t1\n")  # a judgement of a query queries.jsonl lacks
+    with pytest.raises(StageFailed, match="synthetic test split: .*names 1 queries missing from queries.jsonl"):
         execute_stage(efr, ws, "evaluate")
 
 

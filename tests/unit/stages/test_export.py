@@ -178,10 +178,25 @@ def test_validation_failure_fails_the_stage(tmp_path, monkeypatch):
     assert not (tmp_path / "ws" / "export").exists()
 
 
-def test_missing_test_split_fails_fast(tmp_path):
+def test_quality_is_measured_on_the_test_split_else_on_validation_else_on_training_questions(tmp_path):
+    from eft.stages.export_quality import load_test_split
+
+    beir = tiny_beir(tmp_path / "b")
+    name, split = load_test_split(beir)
+    assert name == "test" and len(split.queries) == 21
+    # split.test resolved to 0 (the gate reads a human-labelled dataset): prepare writes an empty test split
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    name, split = load_test_split(beir)
+    assert name == "dev" and len(split.queries) == len(split.qrels) == 4
+    (beir / "qrels" / "dev.tsv").rename(beir / "qrels" / "train.tsv")
+    assert load_test_split(beir)[0] == "train"
+
+
+def test_no_questions_to_measure_on_fails_fast(tmp_path):
     root = fake_workspace(tmp_path / "ws")
-    (root / "prepare" / "beir" / "qrels" / "test.tsv").unlink()
-    with pytest.raises(StageFailed, match="test split: .*missing qrels/test.tsv"):
+    for split in ("test", "dev"):
+        (root / "prepare" / "beir" / "qrels" / f"{split}.tsv").unlink()
+    with pytest.raises(StageFailed, match="measures quality on prepare's questions, and .* has none"):
         run_export(root)
 
 

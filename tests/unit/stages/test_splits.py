@@ -21,6 +21,19 @@ def test_target_sizes_keep_a_test_question_and_a_dev_question_where_they_can():
     assert target_sizes(3, 0.05, 0.1) == (1, 0)
     assert target_sizes(20, 0.01, 0.1) == (2, 1)
     assert target_sizes(20, 0.0, 0.1) == (2, 0)
+    assert target_sizes(20, 0.05, 0.0) == (0, 1)  # split.test 0: no test split at all
+
+
+@pytest.mark.parametrize("split", ["question", "chunk", "document"])
+def test_a_test_fraction_of_zero_puts_every_held_out_question_in_validation(split):
+    positives = {f"q{i}": [f"p{i}"] for i in range(40)}
+    if split == "question":
+        splits = split_questions(list(positives), 0.1, 0.0, 7)
+    elif split == "chunk":
+        splits = split_by_chunk(positives, lambda p: p, 0.1, 0.0, 7).splits
+    else:
+        splits = split_by_document(positives, lambda p: p, lambda p: p, 0.1, 0.0, 7).splits
+    assert splits["test"] == [] and len(splits["dev"]) == 4 and len(splits["train"]) == 36
 
 
 def siblings(n_chunks: int, per_chunk: int) -> dict[str, list[str]]:

@@ -1006,7 +1006,7 @@ class EmbeddingFinetuneSpec(SpecModel):
     def test_fraction(self) -> float:
         """split.test as prepare uses it. Unset: none when the gate reads a human-labelled dataset (a synthetic
         test split would then only be a report, and with supplied queries it holds back labels training could
-        use: 259 of NFCorpus's 2,590 train queries), else DEFAULT_TEST_FRACTION. A property so that prepare's
+        use: 259 of NFCorpus's 2,586 usable train queries), else DEFAULT_TEST_FRACTION. A property so that prepare's
         fingerprint can name it as a section."""
         if self.split.test is not None:
             return self.split.test

@@ -292,8 +292,9 @@ def run(ctx: StageContext) -> StageResult:
     if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
         raise _fail(f"train/model is not a model folder ({model_dir}): re-run the train stage")
     sets = load_eval_sets(prep, ev.datasets)
-    if ev.gate_dataset_name() not in {s.name for s in sets}:  # checked before two models are scored
-        raise _fail(f"the gate is judged on '{ev.gate_dataset_name()}', which prepare did not make (split.test 0): "
+    gate_ds = ev.gate_dataset_name()
+    if gate_ds not in {s.name for s in sets}:  # checked before two models are scored
+        raise _fail(f"the gate is judged on '{gate_ds}', which prepare did not make (split.test 0): "
                     "re-run prepare with split.test above 0 or judge the gate on an evaluation.datasets entry")
     k_values = list(ev.k)
 
@@ -305,7 +306,6 @@ def run(ctx: StageContext) -> StageResult:
             results[name][label] = mm
         del model
 
-    gate_ds = ev.gate_dataset_name()
     train_details = ctx.input_manifest("train").get("details") or {}
     # counted where the split is made (prepare/stats.json); None from a prepare that predates the count
     split = (ctx.input_manifest("prepare").get("details") or {}).get("split") or {}

@@ -47,8 +47,9 @@ kueue: setup
 e2e: controlplane cluster-host kueue
 	$(PY) -m pytest tests/e2e -m e2e
 
+# PYTEST_ARGS: extra pytest options (.ci/run asks for the slowest tests' durations).
 test: setup controlplane cluster-host kueue
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: setup controlplane cluster-host kueue
 	$(PY) -m pytest -m "slow or not slow"

@@ -226,8 +226,9 @@ def main(argv=None) -> int:
             print(f"{r['mode']:9s} no metrics: {r['failure']}")
             continue
         synthetic = _delta(m["test"], "ndcg@10") if "test" in m else "none (split.test 0)"
-        print(f"{r['mode']:9s} {synthetic:>21s} "
-              f"{(m.get('seenInTraining') or {}).get('positivesSeenInTraining', '?'):>5} "
+        # Seen test positives are counted only for a synthetic test split; without one there is nothing to count.
+        seen = (m.get('seenInTraining') or {}).get('positivesSeenInTraining', '?') if "test" in m else "-"
+        print(f"{r['mode']:9s} {synthetic:>21s} {seen:>5} "
               f"{_delta(m[dataset.name], 'ndcg@10'):>21s} {_delta(m[dataset.name], 'recall@10'):>17s}  "
               f"{_gate(m.get('gate', {}), (r['train'] or {}).get('best_epoch'))}")
     print("\nstage wall times (s):")

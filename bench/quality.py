@@ -40,6 +40,10 @@ bench/results/2026-11-27-h200-quality-sweep.txt):
 On 2 CPU cores with the CPU defaults (maxSeqLength 128, base 0.3145): 0.3484 (+10.8%), R@10 0.1537 -> 0.1630;
 train 39 min at 13.5 rows/s (bench/results/2026-11-27-cpu-quality.txt).
 
+Through the product path with its defaults (--settings product, supplied; 2 CPU cores without bf16 units: fp32,
+batch 32; split.test resolved to 0, so 2,457 queries trained): 0.3159 -> 0.3592 (+13.7%), R@10 0.1550 -> 0.1756;
+10,632 s of training steps (bench/results/2026-12-08-cpu-nfcorpus-no-synthetic-test-split.txt).
+
 The temperature matters most (0.02 -> 0.05: +0.4% -> +4.5%), then more (question, passage) pairs per step
 (4 hard negatives or 8 rows per question). Without a per-question cap, broad questions (NFCorpus has queries
 with over 1,000 relevant documents, all graded 1 in its train split) make up most rows and the tuned model

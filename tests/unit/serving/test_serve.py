@@ -395,11 +395,15 @@ def test_shutdown_while_loading_does_not_hang(fp32):
 
 
 class _Gated(_Flaky):
-    """Forward passes wait until the test opens the gate: requests stay in flight as long as it needs."""
+    """Forward passes wait while the test holds the gate closed: requests stay in flight as long as it needs.
+
+    The gate starts open, so the server's warm-up passes go through (closed, each of the three would wait out
+    the 30 s timeout before the server turned ready); the test closes it once the server is ready."""
 
     def __init__(self, inner: Backend):
         super().__init__(inner)
         self.gate = threading.Event()
+        self.gate.set()
 
     def embed(self, batch):
         self.gate.wait(30)
@@ -414,6 +418,7 @@ def _queue_depth(url: str) -> float:
 def test_graceful_shutdown_drains_in_flight(fp32):
     backend = _Gated(fp32)
     s = ServerThread(create_app(ServerConfig(max_wait_ms=0, max_batch_size=1), backend)).start()
+    backend.gate.clear()  # warmed up and ready: from now on every forward pass waits for the test
     results: list[int] = []
 
     def call(i):
